@@ -1,0 +1,260 @@
+// The key-value state machine: applies committed log entries in seq order to a KvStore, decides
+// conditional writes and transactions deterministically at apply time, and keeps the bounded
+// client-session table that makes retried writes exactly-once, also across failover (the table is
+// part of the replicated state, so every server has the same one).
+
+import { assert, unreachable } from '../lib/assert.ts';
+import type { Epoch, KeyValue, LogEntry, Operation, Seq, Session, Write, WriteResult } from '../protocol/types.ts';
+import { seq } from '../protocol/types.ts';
+
+export interface StoredValue {
+  value: Uint8Array;
+  /** The seq of the key's last change. */
+  version: number;
+}
+
+/** The last request applied for one client, and what it produced. */
+export interface SessionRecord {
+  clientId: string;
+  requestId: number;
+  result: WriteResult;
+  /** Seq of the entry that last touched this record; orders eviction identically on every server. */
+  lastSeq: Seq;
+}
+
+/** One atomic change of the store: keys (null = delete), sessions (null = evict), new appliedSeq. */
+export interface KvBatch {
+  keys: Map<string, StoredValue | null>;
+  sessions: Map<string, SessionRecord | null>;
+  appliedSeq: Seq;
+}
+
+/**
+ * Where the state lives: memory in the simulator, LMDB on a real server. Reads are synchronous.
+ * `commit` makes the whole batch, data and appliedSeq together, visible and durable atomically.
+ */
+export interface KvStore {
+  get(key: string): StoredValue | undefined;
+  /** Keys starting with prefix, in key order, at most limit. */
+  range(prefix: string, limit: number): KeyValue[];
+  appliedSeq(): Seq;
+  /** Every session record, in any order. */
+  loadSessions(): SessionRecord[];
+  commit(batch: KvBatch): void;
+}
+
+export interface KvLimits {
+  /** Most client sessions remembered; the least recently used is evicted beyond it. */
+  sessionsMax: number;
+}
+
+export interface ApplyOutcome {
+  seq: Seq;
+  result: WriteResult;
+  /** True if this entry was a retry of a request already applied (its recorded result is returned). */
+  duplicate: boolean;
+}
+
+export class KvState {
+  /** Sessions in least-recently-applied order (Map insertion order), so the first is evicted first. */
+  private readonly sessions = new Map<string, SessionRecord>();
+
+  constructor(
+    private readonly store: KvStore,
+    private readonly limits: KvLimits,
+  ) {
+    assert(limits.sessionsMax >= 1, 'KvState needs room for at least one session');
+    const loaded = store.loadSessions().sort((a, b) => a.lastSeq - b.lastSeq);
+    for (const record of loaded) this.sessions.set(record.clientId, record);
+  }
+
+  get appliedSeq(): Seq {
+    return this.store.appliedSeq();
+  }
+
+  get(key: string): StoredValue | undefined {
+    return this.store.get(key);
+  }
+
+  range(prefix: string, limit: number): KeyValue[] {
+    return this.store.range(prefix, limit);
+  }
+
+  /** The recorded result if this exact request was already applied. */
+  sessionResult(session: Session): WriteResult | undefined {
+    const record = this.sessions.get(session.clientId);
+    if (record === undefined || record.requestId !== session.requestId) return undefined;
+    return record.result;
+  }
+
+  /**
+   * Apply committed entries, which must directly follow appliedSeq, in one atomic batch.
+   * Returns what each entry produced.
+   */
+  apply(entries: readonly LogEntry[]): ApplyOutcome[] {
+    if (entries.length === 0) return [];
+    // Check the whole batch before changing anything, so a rejected batch leaves no trace.
+    for (let i = 0; i < entries.length; i++) {
+      assert((entries[i] as LogEntry).seq === this.appliedSeq + 1 + i,
+        `apply must continue at appliedSeq + 1 with consecutive seqs (expected ${this.appliedSeq + 1 + i}, got ${(entries[i] as LogEntry).seq})`);
+    }
+    const batch: KvBatch = { keys: new Map(), sessions: new Map(), appliedSeq: this.appliedSeq };
+    const read = (key: string): StoredValue | undefined => {
+      const pending = batch.keys.get(key);
+      if (pending === null) return undefined;
+      return pending ?? this.store.get(key);
+    };
+    const outcomes: ApplyOutcome[] = [];
+    const sessions = this.sessionOverlay(batch.sessions);
+    for (const entry of entries) {
+      batch.appliedSeq = entry.seq;
+      const session = entry.session;
+      if (session !== undefined) {
+        const record = sessions.get(session.clientId);
+        if (record !== undefined && session.requestId <= record.requestId) {
+          // A retry of a request already applied (or an older one): change nothing. For the exact
+          // request the recorded result is returned; an older one cannot be waiting for a reply.
+          outcomes.push({ seq: entry.seq, result: record.result, duplicate: true });
+          continue;
+        }
+      }
+      const result = decide(entry.write, entry.seq, entry.epoch, read, batch.keys);
+      outcomes.push({ seq: entry.seq, result, duplicate: false });
+      if (session !== undefined) {
+        sessions.record({ clientId: session.clientId, requestId: session.requestId, result, lastSeq: entry.seq });
+      }
+    }
+    this.store.commit(batch);
+    assert(this.appliedSeq === batch.appliedSeq, 'KvStore.commit must advance appliedSeq');
+    // The store has the batch: only now does the in-memory table follow it, in apply order.
+    for (const [clientId, record] of batch.sessions) {
+      this.sessions.delete(clientId);
+      if (record !== null) this.sessions.set(clientId, record);
+    }
+    return outcomes;
+  }
+
+  /**
+   * The session table as seen inside a batch: committed records overlaid by the batch's changes.
+   * Eviction happens right after each record (least recently applied first), so the outcome does
+   * not depend on how entries are split into batches.
+   */
+  private sessionOverlay(changes: Map<string, SessionRecord | null>) {
+    const committed = this.sessions;
+    const limit = this.limits.sessionsMax;
+    let size = committed.size;
+    const oldest = committed.keys();
+    const get = (clientId: string): SessionRecord | undefined => {
+      const changed = changes.get(clientId);
+      if (changed !== undefined) return changed ?? undefined;
+      return committed.get(clientId);
+    };
+    const evictOne = (): void => {
+      for (let next = oldest.next(); !next.done; next = oldest.next()) {
+        if (changes.has(next.value)) continue;
+        changes.set(next.value, null);
+        return;
+      }
+      // Every committed record was touched: evict the batch's least recent live record.
+      for (const [clientId, record] of changes) {
+        if (record === null) continue;
+        changes.delete(clientId);
+        changes.set(clientId, null);
+        return;
+      }
+      assert(false, 'no session to evict');
+    };
+    const record = (entry: SessionRecord): void => {
+      if (get(entry.clientId) === undefined) size++;
+      // Re-inserting keeps the batch's changes in apply order, which is recency order.
+      changes.delete(entry.clientId);
+      changes.set(entry.clientId, entry);
+      while (size > limit) {
+        evictOne();
+        size--;
+      }
+    };
+    return { get, record };
+  }
+}
+
+type Reader = (key: string) => StoredValue | undefined;
+
+/** Decide one write against the current state, recording its changes in `changes`. */
+function decide(write: Write, at: Seq, epoch: Epoch, read: Reader, changes: Map<string, StoredValue | null>): WriteResult {
+  switch (write.type) {
+    case 'epochStart':
+      return { status: 'ok', seq: at, epoch, version: 0 };
+    case 'put': {
+      const current = read(write.key);
+      const currentVersion = current?.version ?? 0;
+      const failed = (write.ifAbsent === true && current !== undefined)
+        || (write.ifVersion !== undefined && write.ifVersion !== currentVersion);
+      if (failed) return { status: 'preconditionFailed', seq: at, epoch, version: currentVersion };
+      changes.set(write.key, { value: write.value, version: at });
+      return { status: 'ok', seq: at, epoch, version: at };
+    }
+    case 'delete': {
+      const current = read(write.key);
+      const currentVersion = current?.version ?? 0;
+      if (write.ifVersion !== undefined && write.ifVersion !== currentVersion) {
+        return { status: 'preconditionFailed', seq: at, epoch, version: currentVersion };
+      }
+      if (current !== undefined) changes.set(write.key, null);
+      return { status: 'ok', seq: at, epoch, version: at };
+    }
+    case 'txn': {
+      const succeeded = write.compares.every((compare) => (read(compare.key)?.version ?? 0) === compare.version);
+      const operations = succeeded ? write.success : write.failure;
+      for (const operation of operations) applyOperation(operation, at, changes);
+      return { status: 'txn', seq: at, epoch, succeeded };
+    }
+    default:
+      return unreachable(write, 'Unknown write type');
+  }
+}
+
+function applyOperation(operation: Operation, at: Seq, changes: Map<string, StoredValue | null>): void {
+  if (operation.type === 'put') changes.set(operation.key, { value: operation.value, version: at });
+  else changes.set(operation.key, null);
+}
+
+/** A KvStore in memory: the simulator's store, and the oracle of property tests. */
+export class MemoryKvStore implements KvStore {
+  readonly data = new Map<string, StoredValue>();
+  readonly sessionRecords = new Map<string, SessionRecord>();
+  private applied: Seq = seq(0);
+
+  get(key: string): StoredValue | undefined {
+    return this.data.get(key);
+  }
+
+  range(prefix: string, limit: number): KeyValue[] {
+    const keys = [...this.data.keys()].filter((key) => key.startsWith(prefix)).sort();
+    return keys.slice(0, limit).map((key) => {
+      const stored = this.data.get(key) as StoredValue;
+      return { key, value: stored.value, version: stored.version };
+    });
+  }
+
+  appliedSeq(): Seq {
+    return this.applied;
+  }
+
+  loadSessions(): SessionRecord[] {
+    return [...this.sessionRecords.values()];
+  }
+
+  commit(batch: KvBatch): void {
+    assert(batch.appliedSeq >= this.applied, 'appliedSeq never goes back');
+    for (const [key, stored] of batch.keys) {
+      if (stored === null) this.data.delete(key);
+      else this.data.set(key, stored);
+    }
+    for (const [clientId, record] of batch.sessions) {
+      if (record === null) this.sessionRecords.delete(clientId);
+      else this.sessionRecords.set(clientId, record);
+    }
+    this.applied = batch.appliedSeq;
+  }
+}

@@ -1,0 +1,383 @@
+// The manager's logic (SPEC.md sections 2 and 5) as a pure state machine: it collects every
+// server's status, derives and broadcasts the cluster map, detects a failed main from status
+// reports counted in clock readings, and runs fenced failover — persist epoch + 1, fence, wait
+// for S − K + 1 standby replies (or the old main's), appoint the replier with the latest and most
+// complete log. It persists its own state before announcing anything.
+
+import { assert } from '../lib/assert.ts';
+import type { ClusterMap, FenceReply, ManagerToServer, Member, StatusMessage } from '../protocol/messages.ts';
+import type { Epoch, ServerId } from '../protocol/types.ts';
+import { comparePosition, epoch } from '../protocol/types.ts';
+import type { PlantedBugs } from './bugs.ts';
+import { noBugs } from './bugs.ts';
+
+export interface ManagerTimings {
+  /** How often the map is re-sent to every server, and fences to those that did not answer. */
+  heartbeatMs: number;
+  /** A main silent (or unable to commit) this long, with its standbys agreeing, is failed over. */
+  failoverAfterMs: number;
+  /** A status older than this is not fresh. */
+  statusFreshMs: number;
+}
+
+export const defaultManagerTimings: ManagerTimings = {
+  heartbeatMs: 100,
+  failoverAfterMs: 1000,
+  statusFreshMs: 1000,
+};
+
+/** What the manager persists (fsync) before it announces it. */
+export interface ManagerState {
+  epoch: Epoch;
+  main: ServerId | null;
+  /** The main before the failover in progress (fencing phase), if any. */
+  previousMain: ServerId | null;
+  members: Member[];
+  ackQuorum: number;
+  mapVersion: number;
+  /** 'fencing': epoch was raised and fences sent, no main appointed yet. */
+  phase: 'stable' | 'fencing';
+  /** Why the failover in progress started. */
+  reason: string;
+}
+
+export type ManagerEffect =
+  | { kind: 'send'; to: ServerId; message: ManagerToServer }
+  | { kind: 'persist'; persistId: number; state: ManagerState }
+  | { kind: 'event'; level: 'info' | 'warn' | 'debug'; message: string; event?: ManagerEvent };
+
+/** Notable events, for counters, logs and the dashboard's timeline. */
+export type ManagerEvent =
+  | { type: 'failoverStarted'; epoch: Epoch; reason: string }
+  | { type: 'fenceQuorumWait'; epoch: Epoch; have: number; need: number }
+  | { type: 'appointed'; epoch: Epoch; main: ServerId; reason: string; tookMs: number };
+
+export interface ManagerConfig {
+  timings: ManagerTimings;
+  bugs?: PlantedBugs;
+}
+
+interface ServerView {
+  status: StatusMessage;
+  receivedMs: number;
+}
+
+type AfterPersist = 'broadcastMap' | 'sendFences';
+
+export function initialManagerState(members: Member[], ackQuorum: number): ManagerState {
+  assert(members.length >= 1, 'a cluster needs at least one server');
+  assert(new Set(members.map((member) => member.id)).size === members.length, 'server ids must be unique');
+  const standbys = members.filter((member) => member.role === 'standby').length;
+  assert(ackQuorum >= 0 && ackQuorum <= Math.max(0, standbys - 1), `ackQuorum ${ackQuorum} needs at least ${ackQuorum + 1} standby-role servers`);
+  return { epoch: epoch(0), main: null, previousMain: null, members, ackQuorum, mapVersion: 0, phase: 'stable', reason: '' };
+}
+
+export class ManagerCore {
+  private readonly config: ManagerConfig;
+  private readonly bugs: PlantedBugs;
+  /** The state as last handed to persist (possibly not durable yet). */
+  private state: ManagerState;
+  private readonly views = new Map<ServerId, ServerView>();
+  private readonly fenceReplies = new Map<ServerId, FenceReply>();
+  private readonly afterPersist = new Map<number, AfterPersist>();
+  private nextPersistId = 1;
+  /** Map announced last (durable). */
+  private announced: ClusterMap | undefined;
+  private fencesSent = false;
+  private failoverStartedMs = 0;
+  private lastBroadcastMs = -Infinity;
+  private readonly startedMs: number;
+  private appointedMs: number;
+  /** bootId the main had when first seen acting as main in this epoch. */
+  private mainBootId: number | undefined;
+  /** Since when the main has reported fewer than K standbys in contact. */
+  private mainIsolatedSinceMs: number | undefined;
+  private lastWaitReport = '';
+  private now: number;
+  private out: ManagerEffect[] = [];
+
+  /** Start from durable state (a fresh initialManagerState or what was persisted before a restart). */
+  constructor(config: ManagerConfig, durable: ManagerState, now: number) {
+    this.config = config;
+    this.bugs = config.bugs ?? noBugs;
+    this.state = durable;
+    this.now = now;
+    this.startedMs = now;
+    this.appointedMs = now;
+    if (durable.phase === 'fencing') this.failoverStartedMs = now;
+    if (durable.phase === 'stable' && durable.main !== null) this.announced = this.mapOf(durable);
+  }
+
+  // ---------------------------------------------------------------- inputs
+
+  tick(now: number): ManagerEffect[] {
+    this.begin(now);
+    if (this.state.phase === 'fencing') {
+      if (this.fencesSent && now - this.lastBroadcastMs >= this.config.timings.heartbeatMs) {
+        this.lastBroadcastMs = now;
+        this.sendFences(false);
+      }
+      return this.end();
+    }
+    if (this.announced !== undefined && now - this.lastBroadcastMs >= this.config.timings.heartbeatMs) {
+      this.lastBroadcastMs = now;
+      this.broadcast();
+    }
+    this.detectFailure();
+    return this.end();
+  }
+
+  onStatus(now: number, from: ServerId, status: StatusMessage): ManagerEffect[] {
+    this.begin(now);
+    if (this.member(from) === undefined) return this.end();
+    this.views.set(from, { status, receivedMs: now });
+    if (this.announced !== undefined && status.mapVersion < this.announced.version) this.sendMap(from);
+    return this.end();
+  }
+
+  onFenceReply(now: number, from: ServerId, reply: FenceReply): ManagerEffect[] {
+    this.begin(now);
+    if (this.state.phase !== 'fencing' || reply.epoch !== this.state.epoch || this.member(from) === undefined) {
+      return this.end();
+    }
+    this.fenceReplies.set(from, reply);
+    this.tryAppoint();
+    return this.end();
+  }
+
+  onPersisted(now: number, persistId: number): ManagerEffect[] {
+    this.begin(now);
+    const action = this.afterPersist.get(persistId);
+    this.afterPersist.delete(persistId);
+    if (action === 'sendFences') {
+      this.fencesSent = true;
+      this.lastBroadcastMs = now;
+      this.sendFences(true);
+    } else if (action === 'broadcastMap') {
+      this.announced = this.mapOf(this.state);
+      this.lastBroadcastMs = now;
+      this.broadcast();
+    }
+    return this.end();
+  }
+
+  /** Begin after a restart or at first start: announce the durable map or resume fencing. */
+  start(now: number): ManagerEffect[] {
+    this.begin(now);
+    if (this.state.phase === 'fencing') {
+      this.fencesSent = true;
+      this.sendFences(true);
+    } else if (this.state.main === null) {
+      this.startFailover('the cluster has no main yet');
+    } else {
+      this.broadcast();
+    }
+    return this.end();
+  }
+
+  // ---------------------------------------------------------------- observation
+
+  get currentState(): Readonly<ManagerState> {
+    return this.state;
+  }
+
+  get currentMap(): ClusterMap | undefined {
+    return this.announced;
+  }
+
+  serverStatus(id: ServerId): { status: StatusMessage; ageMs: number } | undefined {
+    const view = this.views.get(id);
+    return view === undefined ? undefined : { status: view.status, ageMs: this.now - view.receivedMs };
+  }
+
+  // ---------------------------------------------------------------- plumbing
+
+  private begin(now: number): void {
+    assert(this.out.length === 0, 'effects of the previous input were not taken');
+    this.now = Math.max(this.now, now);
+  }
+
+  private end(): ManagerEffect[] {
+    const effects = this.out;
+    this.out = [];
+    return effects;
+  }
+
+  private event(level: 'info' | 'warn' | 'debug', message: string, event?: ManagerEvent): void {
+    const effect: ManagerEffect = { kind: 'event', level, message };
+    if (event !== undefined) effect.event = event;
+    this.out.push(effect);
+  }
+
+  private persist(state: ManagerState, then: AfterPersist): void {
+    this.state = state;
+    const persistId = this.nextPersistId++;
+    this.afterPersist.set(persistId, then);
+    this.out.push({ kind: 'persist', persistId, state: structuredCloneState(state) });
+  }
+
+  private mapOf(state: ManagerState): ClusterMap {
+    return { version: state.mapVersion, epoch: state.epoch, main: state.main, members: state.members, ackQuorum: state.ackQuorum };
+  }
+
+  private member(id: ServerId): Member | undefined {
+    return this.state.members.find((member) => member.id === id);
+  }
+
+  private broadcast(): void {
+    for (const member of this.state.members) this.sendMap(member.id);
+  }
+
+  private sendMap(to: ServerId): void {
+    if (this.announced === undefined) return;
+    this.out.push({ kind: 'send', to, message: { type: 'map', map: this.announced } });
+  }
+
+  private sendFences(all: boolean): void {
+    for (const member of this.state.members) {
+      if (!all && this.fenceReplies.has(member.id)) continue;
+      this.out.push({ kind: 'send', to: member.id, message: { type: 'fence', epoch: this.state.epoch } });
+    }
+  }
+
+  private fresh(id: ServerId): StatusMessage | undefined {
+    const view = this.views.get(id);
+    if (view === undefined || this.now - view.receivedMs > this.config.timings.statusFreshMs) return undefined;
+    return view.status;
+  }
+
+  /** Standby-role members other than `main`: the S of SPEC.md section 5. */
+  private standbys(main: ServerId | null): Member[] {
+    return this.state.members.filter((member) => member.role === 'standby' && member.id !== main);
+  }
+
+  // ---------------------------------------------------------------- failure detection
+
+  private detectFailure(): void {
+    const main = this.state.main;
+    if (main === null) return;
+    const timings = this.config.timings;
+    const view = this.views.get(main);
+    const status = this.fresh(main);
+
+    // The main restarted: a restarted server never resumes as main, so it cannot commit.
+    if (status !== undefined && status.role === 'main' && status.promisedEpoch === this.state.epoch) {
+      this.mainBootId ??= status.bootId;
+    }
+    if (status !== undefined && this.mainBootId !== undefined && status.bootId !== this.mainBootId) {
+      this.startFailover(`the main ${main} restarted`);
+      return;
+    }
+    if (this.mainBootId === undefined && this.now - this.appointedMs >= timings.failoverAfterMs && status !== undefined) {
+      this.startFailover(`the appointed main ${main} did not start acting as main`);
+      return;
+    }
+
+    // The main is silent and its standbys lost contact with it too. A manager–main partition alone
+    // never gets here: standbys that still hear the main keep it in their contacts.
+    const silentMs = this.now - Math.max(view?.receivedMs ?? -Infinity, this.startedMs, this.appointedMs);
+    if (status === undefined && silentMs >= timings.failoverAfterMs) {
+      const reporters = this.standbys(main).map((member) => this.fresh(member.id)).filter((s): s is StatusMessage => s !== undefined);
+      if (reporters.length > 0 && reporters.every((s) => !s.contacts.includes(main))) {
+        this.startFailover(`the main ${main} is silent for ${silentMs} ms and no standby hears it`);
+        return;
+      }
+    }
+
+    // The main reports it cannot reach K standbys, while a candidate could.
+    const quorum = this.state.ackQuorum;
+    if (status !== undefined && quorum > 0 && status.role === 'main' && status.standbysInContact < quorum) {
+      this.mainIsolatedSinceMs ??= this.now;
+      if (this.now - this.mainIsolatedSinceMs >= timings.failoverAfterMs && this.someCandidateCouldCommit(main)) {
+        this.startFailover(`the main ${main} cannot reach ${quorum} standbys`);
+        return;
+      }
+    } else {
+      this.mainIsolatedSinceMs = undefined;
+    }
+  }
+
+  private someCandidateCouldCommit(main: ServerId): boolean {
+    const standbyIds = new Set(this.standbys(main).map((member) => member.id));
+    for (const id of standbyIds) {
+      const status = this.fresh(id);
+      if (status === undefined || status.incomplete) continue;
+      const reachable = status.contacts.filter((contact) => standbyIds.has(contact) && contact !== id).length;
+      if (reachable >= this.state.ackQuorum) return true;
+    }
+    return false;
+  }
+
+  // ---------------------------------------------------------------- fenced failover
+
+  private startFailover(reason: string): void {
+    assert(this.state.phase === 'stable', 'a failover is already in progress');
+    const next = epoch(this.state.epoch + 1);
+    this.fenceReplies.clear();
+    this.fencesSent = false;
+    this.failoverStartedMs = this.now;
+    this.lastWaitReport = '';
+    this.announced = undefined;
+    this.persist({ ...this.state, epoch: next, previousMain: this.state.main, main: null, phase: 'fencing', reason }, 'sendFences');
+    this.event('warn', `Failover to epoch ${next} started: ${reason}`, { type: 'failoverStarted', epoch: next, reason });
+  }
+
+  /** Fence replies needed from standbys: S − K + 1 (any such set holds every committed entry). */
+  private fenceQuorum(standbyCount: number): number {
+    const quorum = this.state.ackQuorum;
+    if (quorum === 0) return 1; // Asynchronous replication: the most complete reachable standby.
+    const need = standbyCount - quorum + 1;
+    return this.bugs.has('failoverWithFewerReplies') ? Math.max(1, need - 1) : need;
+  }
+
+  private tryAppoint(): void {
+    if (!this.fencesSent) return;
+    const previous = this.state.previousMain;
+    const standbys = this.standbys(previous);
+    const complete = (id: ServerId): FenceReply | undefined => {
+      const reply = this.fenceReplies.get(id);
+      return reply !== undefined && !reply.incomplete ? reply : undefined;
+    };
+    const standbyRepliers = standbys.filter((member) => complete(member.id) !== undefined);
+    const need = this.fenceQuorum(standbys.length);
+    let candidates: Member[];
+    if (standbyRepliers.length >= need && standbyRepliers.length > 0) {
+      candidates = standbyRepliers;
+    } else if (previous !== null && complete(previous) !== undefined && this.state.ackQuorum > 0) {
+      // The old main answered the fence: it can no longer commit and holds every committed entry.
+      candidates = [this.member(previous) as Member];
+    } else {
+      const report = `have ${standbyRepliers.length} of ${need} standby fence replies needed`;
+      if (report !== this.lastWaitReport) {
+        this.lastWaitReport = report;
+        this.event('warn', `Cannot appoint a main for epoch ${this.state.epoch} yet: ${report}`,
+          { type: 'fenceQuorumWait', epoch: this.state.epoch, have: standbyRepliers.length, need });
+      }
+      return;
+    }
+    const best = this.chooseMain(candidates);
+    const tookMs = this.now - this.failoverStartedMs;
+    this.appointedMs = this.now;
+    this.mainBootId = undefined;
+    this.mainIsolatedSinceMs = undefined;
+    this.persist({ ...this.state, main: best.id, previousMain: null, phase: 'stable', mapVersion: this.state.mapVersion + 1, reason: '' }, 'broadcastMap');
+    this.event('info', `Appointed ${best.id} main of epoch ${this.state.epoch} after ${tookMs} ms (${this.state.reason})`,
+      { type: 'appointed', epoch: this.state.epoch, main: best.id, reason: this.state.reason, tookMs });
+  }
+
+  /** The latest and most complete log wins; then priority; then the lowest id. */
+  private chooseMain(candidates: Member[]): Member {
+    const sign = this.bugs.has('chooseLowestLog') ? -1 : 1;
+    const sorted = [...candidates].sort((a, b) => {
+      const byLog = comparePosition(this.fenceReplies.get(b.id) as FenceReply, this.fenceReplies.get(a.id) as FenceReply) * sign;
+      if (byLog !== 0) return byLog;
+      if (a.priority !== b.priority) return b.priority - a.priority;
+      return a.id < b.id ? -1 : a.id > b.id ? 1 : 0;
+    });
+    return sorted[0] as Member;
+  }
+}
+
+function structuredCloneState(state: ManagerState): ManagerState {
+  return { ...state, members: state.members.map((member) => ({ ...member })) };
+}

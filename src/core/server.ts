@@ -1,0 +1,895 @@
+// The server's protocol logic (SPEC.md sections 2–6) as a pure, synchronous state machine. It
+// plays the main (sequencer, replication sender, commit tracker) or a standby (log, acks), takes
+// inputs — ticks, messages, disk completions, client requests — and returns effects as data:
+// messages to send, disk operations to run, replies to clients. The shell that drives it runs
+// disk operations strictly in order and reports each as done once it and all before are durable.
+
+import { assert } from '../lib/assert.ts';
+import type {
+  AppendMessage, AppendReply, ClusterMap, EpochEndMessage, HeartbeatMessage, ManagerToServer, Member,
+  PeerMessage, ServerMeta, ServerToManager, StatusMessage,
+} from '../protocol/messages.ts';
+import type {
+  ClientRequest, ClientResponse, Epoch, ErrorCode, LogEntry, Seq, ServerId, Session, Write, WriteResult,
+} from '../protocol/types.ts';
+import { epoch, errorResponse, seq } from '../protocol/types.ts';
+import type { PlantedBugs } from './bugs.ts';
+import { noBugs } from './bugs.ts';
+import type { KvStore } from './kv.ts';
+import { KvState } from './kv.ts';
+import { LogView } from './log.ts';
+
+export interface ServerTimings {
+  /** How often a server reports status, pings peers, and a main sends heartbeats. */
+  heartbeatMs: number;
+  /** A peer not heard from for this long is out of contact (status reports it so). */
+  contactTimeoutMs: number;
+  /** A main resends from a standby's last ack when it made no progress for this long. */
+  retransmitMs: number;
+  /** A write not committed within this long gets an indefinite TIMEOUT error. */
+  writeTimeoutMs: number;
+  /** A read not served within this long gets a TIMEOUT error. */
+  readTimeoutMs: number;
+}
+
+export interface ServerLimits {
+  /** Most entries in one append message. */
+  batchEntriesMax: number;
+  /** Most entries sent to one standby and not yet acknowledged. */
+  inflightEntriesMax: number;
+  /** Most client requests waiting for commit or for a read round. */
+  pendingRequestsMax: number;
+  /** Most client sessions remembered by the state machine. */
+  sessionsMax: number;
+}
+
+export interface ServerConfig {
+  id: ServerId;
+  timings: ServerTimings;
+  limits: ServerLimits;
+  bugs?: PlantedBugs;
+}
+
+export const defaultServerTimings: ServerTimings = {
+  heartbeatMs: 100,
+  contactTimeoutMs: 500,
+  retransmitMs: 400,
+  writeTimeoutMs: 5000,
+  readTimeoutMs: 5000,
+};
+
+export const defaultServerLimits: ServerLimits = {
+  batchEntriesMax: 512,
+  inflightEntriesMax: 8192,
+  pendingRequestsMax: 65536,
+  sessionsMax: 100_000,
+};
+
+/** What the shell recovered from disk at start. */
+export interface RecoveredState {
+  meta: ServerMeta;
+  /** The log as the recovery scan found it (torn tail cut), consecutive from firstSeq. */
+  entries: LogEntry[];
+  firstSeq?: Seq;
+  /** The scan found a checksum failure below the last record and cut the log there. */
+  corruptionFound: boolean;
+  /** Distinct for every start of this server; lets the main notice a restart. */
+  bootId: number;
+  store: KvStore;
+}
+
+export type DiskOperation =
+  | { type: 'append'; entries: LogEntry[] }
+  | { type: 'truncate'; afterSeq: Seq }
+  | { type: 'meta'; meta: ServerMeta };
+
+export type ServerEffect =
+  | { kind: 'send'; to: ServerId; message: PeerMessage }
+  | { kind: 'sendManager'; message: ServerToManager }
+  | { kind: 'disk'; operationId: number; operation: DiskOperation }
+  | { kind: 'reply'; requestId: number; response: ClientResponse }
+  | { kind: 'event'; level: 'info' | 'warn' | 'debug'; message: string };
+
+export interface IncomingRequest {
+  requestId: number;
+  request: ClientRequest;
+}
+
+interface PendingWrite {
+  requestId: number;
+  seq: Seq;
+  deadlineMs: number;
+}
+
+interface PendingRead {
+  requestId: number;
+  request: ClientRequest & { type: 'read' | 'list' };
+  /** Serve once appliedSeq reaches this. */
+  readSeq: number;
+  /** Linearizable reads: the confirmation round that must complete first (0 = none needed). */
+  round: number;
+  deadlineMs: number;
+}
+
+/** The main's view of one standby or learner. */
+interface Peer {
+  id: ServerId;
+  /** Next seq to send. Invariant: matchSeq < nextSeq. */
+  nextSeq: Seq;
+  /** Highest seq the peer acknowledged durable and matching, in this epoch. Only grows (per boot). */
+  matchSeq: Seq;
+  generation: number;
+  bootId: number;
+  /** Highest read round the peer echoed in this epoch. */
+  readRound: number;
+  lastProgressMs: number;
+  lastHeardMs: number;
+}
+
+interface PendingDiskOperation {
+  operationId: number;
+  /** Log length once this operation is durable, capped by truncations issued after it. */
+  lastSeqAfter: Seq;
+  metaEpoch?: Epoch;
+  metaIncomplete?: boolean;
+}
+
+export class ServerCore {
+  readonly id: ServerId;
+  private readonly config: ServerConfig;
+  private readonly bugs: PlantedBugs;
+  private readonly kv: KvState;
+  private readonly log: LogView;
+  private readonly bootId: number;
+
+  /** Highest epoch promised (durably once metaDurableEpoch catches up). Only grows. */
+  private promisedEpoch: Epoch;
+  /** Highest promised epoch known durable. */
+  private metaDurableEpoch: Epoch;
+  /** The promised epoch found on disk at start: this incarnation is never main at or below it. */
+  private readonly bootPromisedEpoch: Epoch;
+  /** See ServerMeta.incomplete. */
+  private incomplete: boolean;
+  private incompleteDurable: boolean;
+
+  /** Highest seq durable on this server's disk and equal to the in-memory log. */
+  private durableSeq: Seq;
+  private readonly pendingDisk: PendingDiskOperation[] = [];
+  private nextOperationId = 1;
+  /** Highest seq known committed. Invariant: appliedSeq <= commitSeq. Never goes back. */
+  private commitSeq: Seq;
+
+  private map: ClusterMap | undefined;
+  private role: 'main' | 'standby' = 'standby';
+  /** As a standby: the main of promisedEpoch, once heard from. */
+  private mainId: ServerId | undefined;
+  /** As a standby: highest seq known to match the current main's log in promisedEpoch. */
+  private matchedSeq: Seq = seq(0);
+  /** As a standby: the highest ack sent in promisedEpoch (acks are only sent when they grow). */
+  private ackSentSeq: Seq = seq(0);
+  private readonly contacts = new Map<ServerId, number>();
+  private fenceReplyWanted = false;
+
+  // Main state, valid while role === 'main'.
+  private epochStartSeq: Seq = seq(0);
+  private readonly peers = new Map<ServerId, Peer>();
+  private readonly pendingWrites = new Map<number, PendingWrite>();
+  private readonly pendingBySeq = new Map<number, number[]>();
+  private pendingReads: PendingRead[] = [];
+  private readRound = 0;
+  private readRoundWanted = false;
+  private unsentFrom: Seq = seq(1);
+
+  private now = 0;
+  private lastTickMs = -Infinity;
+  private out: ServerEffect[] = [];
+
+  constructor(config: ServerConfig, recovered: RecoveredState) {
+    assertLimits(config);
+    this.id = config.id;
+    this.config = config;
+    this.bugs = config.bugs ?? noBugs;
+    this.bootId = recovered.bootId;
+    this.log = new LogView(recovered.entries, recovered.firstSeq ?? seq(1));
+    this.kv = new KvState(recovered.store, { sessionsMax: config.limits.sessionsMax });
+    this.promisedEpoch = recovered.meta.promisedEpoch;
+    this.metaDurableEpoch = recovered.meta.promisedEpoch;
+    this.bootPromisedEpoch = recovered.meta.promisedEpoch;
+    this.incomplete = recovered.meta.incomplete || recovered.corruptionFound;
+    this.incompleteDurable = recovered.meta.incomplete;
+    this.durableSeq = this.log.lastSeq;
+    this.commitSeq = this.kv.appliedSeq;
+    if (this.incomplete && !this.incompleteDurable) this.persistMeta();
+  }
+
+  // ---------------------------------------------------------------- inputs
+
+  /** A clock reading; the shell calls it often (at least every heartbeatMs). */
+  tick(now: number): ServerEffect[] {
+    this.begin(now);
+    if (now - this.lastTickMs >= this.config.timings.heartbeatMs) {
+      this.lastTickMs = now;
+      this.reportStatus();
+      for (const member of this.map?.members ?? []) {
+        if (member.id !== this.id) this.send(member.id, { type: 'ping' });
+      }
+      if (this.role === 'main') this.mainHeartbeat();
+    }
+    this.expireRequests();
+    return this.end();
+  }
+
+  onManagerMessage(now: number, message: ManagerToServer): ServerEffect[] {
+    this.begin(now);
+    if (message.type === 'map') this.onMap(message.map);
+    else this.onFence(message.epoch);
+    return this.end();
+  }
+
+  onPeerMessage(now: number, from: ServerId, message: PeerMessage): ServerEffect[] {
+    this.begin(now);
+    this.contacts.set(from, now);
+    switch (message.type) {
+      case 'append': this.onAppend(from, message); break;
+      case 'heartbeat': this.onHeartbeat(from, message); break;
+      case 'epochEnd': this.onEpochEnd(from, message); break;
+      case 'appendReply': this.onAppendReply(from, message); break;
+      case 'ping': break;
+    }
+    return this.end();
+  }
+
+  /** Disk operation `operationId` and every one before it are durable. */
+  onDiskDone(now: number, operationId: number): ServerEffect[] {
+    this.begin(now);
+    while (this.pendingDisk.length > 0 && (this.pendingDisk[0] as PendingDiskOperation).operationId <= operationId) {
+      const done = this.pendingDisk.shift() as PendingDiskOperation;
+      this.durableSeq = seq(Math.max(this.durableSeq, done.lastSeqAfter));
+      if (done.metaEpoch !== undefined) {
+        this.metaDurableEpoch = epoch(Math.max(this.metaDurableEpoch, done.metaEpoch));
+        this.incompleteDurable = done.metaIncomplete as boolean;
+      }
+    }
+    this.afterDurable();
+    return this.end();
+  }
+
+  onRequests(now: number, requests: readonly IncomingRequest[]): ServerEffect[] {
+    this.begin(now);
+    for (const incoming of requests) this.onRequest(incoming);
+    return this.end();
+  }
+
+  // ---------------------------------------------------------------- observation (for status pages and checkers)
+
+  status(): StatusMessage {
+    const standbysInContact = this.role === 'main'
+      ? [...this.peers.values()].filter((peer) => this.countsTowardQuorum(peer.id) && this.now - peer.lastHeardMs < this.config.timings.contactTimeoutMs).length
+      : 0;
+    return {
+      type: 'status',
+      bootId: this.bootId,
+      promisedEpoch: this.promisedEpoch,
+      role: this.role,
+      lastEpoch: this.log.epochAt(this.durableSeq) ?? epoch(0),
+      lastSeq: this.durableSeq,
+      commitSeq: this.commitSeq,
+      appliedSeq: this.kv.appliedSeq,
+      incomplete: this.incomplete,
+      contacts: [...this.contacts].filter(([, heard]) => this.now - heard < this.config.timings.contactTimeoutMs).map(([id]) => id),
+      standbysInContact,
+      mapVersion: this.map?.version ?? 0,
+    };
+  }
+
+  get isMain(): boolean {
+    return this.role === 'main';
+  }
+
+  get epochAsMain(): Epoch | undefined {
+    return this.role === 'main' ? this.promisedEpoch : undefined;
+  }
+
+  get committed(): Seq {
+    return this.commitSeq;
+  }
+
+  get applied(): Seq {
+    return this.kv.appliedSeq;
+  }
+
+  get promised(): Epoch {
+    return this.promisedEpoch;
+  }
+
+  get lastSeq(): Seq {
+    return this.log.lastSeq;
+  }
+
+  entryAt(at: number): LogEntry | undefined {
+    return this.log.entry(at);
+  }
+
+  get firstSeq(): Seq {
+    return this.log.firstSeq;
+  }
+
+  get isIncomplete(): boolean {
+    return this.incomplete;
+  }
+
+  get currentMap(): ClusterMap | undefined {
+    return this.map;
+  }
+
+  // ---------------------------------------------------------------- plumbing
+
+  private begin(now: number): void {
+    assert(this.out.length === 0, 'effects of the previous input were not taken');
+    this.now = Math.max(this.now, now);
+  }
+
+  private end(): ServerEffect[] {
+    if (this.role === 'main') {
+      this.flushNewEntries();
+      this.startReadRound();
+    }
+    const effects = this.out;
+    this.out = [];
+    return effects;
+  }
+
+  private send(to: ServerId, message: PeerMessage): void {
+    this.out.push({ kind: 'send', to, message });
+  }
+
+  private reply(requestId: number, response: ClientResponse): void {
+    this.out.push({ kind: 'reply', requestId, response });
+  }
+
+  private event(level: 'info' | 'warn' | 'debug', message: string): void {
+    this.out.push({ kind: 'event', level, message });
+  }
+
+  private disk(operation: DiskOperation, pending: Omit<PendingDiskOperation, 'operationId'>): void {
+    const operationId = this.nextOperationId++;
+    this.pendingDisk.push({ operationId, ...pending });
+    this.out.push({ kind: 'disk', operationId, operation });
+  }
+
+  private persistMeta(): void {
+    const meta: ServerMeta = { promisedEpoch: this.promisedEpoch, incomplete: this.incomplete };
+    this.disk({ type: 'meta', meta }, { lastSeqAfter: seq(0), metaEpoch: this.promisedEpoch, metaIncomplete: this.incomplete });
+  }
+
+  private appendToDisk(entries: LogEntry[]): void {
+    if (entries.length === 0) return;
+    this.disk({ type: 'append', entries }, { lastSeqAfter: this.log.lastSeq });
+  }
+
+  private truncateLog(after: Seq, reason: string): void {
+    assert(after >= this.commitSeq, `truncation at ${after} would cut committed entries (commitSeq ${this.commitSeq})`);
+    assert(after >= this.kv.appliedSeq, 'truncation would cut applied entries');
+    this.log.truncateAfter(after);
+    // Entries above the cut are gone from memory; no earlier durability report may resurrect them.
+    this.durableSeq = seq(Math.min(this.durableSeq, after));
+    for (const pending of this.pendingDisk) pending.lastSeqAfter = seq(Math.min(pending.lastSeqAfter, after));
+    this.matchedSeq = seq(Math.min(this.matchedSeq, after));
+    this.disk({ type: 'truncate', afterSeq: after }, { lastSeqAfter: after });
+    this.event('info', `Truncated the log after seq ${after}: ${reason}`);
+  }
+
+  private members(): Member[] {
+    return this.map?.members ?? [];
+  }
+
+  private countsTowardQuorum(id: ServerId): boolean {
+    return this.members().some((member) => member.id === id && member.role === 'standby');
+  }
+
+  private get ackQuorum(): number {
+    return this.map?.ackQuorum ?? 1;
+  }
+
+  private reportStatus(): void {
+    this.out.push({ kind: 'sendManager', message: this.status() });
+  }
+
+  // ---------------------------------------------------------------- epochs, maps and fencing
+
+  /** Promise an epoch (persisting it first); a main of an older epoch steps down. */
+  private adoptEpoch(newEpoch: Epoch): void {
+    if (newEpoch <= this.promisedEpoch) return;
+    if (this.role === 'main') this.stepDown(`a higher epoch ${newEpoch} exists`);
+    this.promisedEpoch = newEpoch;
+    this.mainId = undefined;
+    this.matchedSeq = seq(0);
+    this.ackSentSeq = seq(0);
+    this.persistMeta();
+  }
+
+  private onFence(fenceEpoch: Epoch): void {
+    this.adoptEpoch(fenceEpoch);
+    this.fenceReplyWanted = true;
+    this.maybeReplyFence();
+  }
+
+  private maybeReplyFence(): void {
+    if (!this.fenceReplyWanted || this.metaDurableEpoch < this.promisedEpoch) return;
+    this.fenceReplyWanted = false;
+    this.out.push({
+      kind: 'sendManager',
+      message: {
+        type: 'fenceReply',
+        epoch: this.promisedEpoch,
+        lastEpoch: this.log.epochAt(this.durableSeq) ?? epoch(0),
+        lastSeq: this.durableSeq,
+        incomplete: this.incomplete,
+      },
+    });
+  }
+
+  private onMap(map: ClusterMap): void {
+    if (this.map !== undefined && map.version <= this.map.version) return;
+    this.map = map;
+    this.adoptEpoch(map.epoch);
+    if (map.main !== this.id || map.epoch < this.promisedEpoch) {
+      if (map.epoch === this.promisedEpoch && map.main !== null) this.mainId = map.main;
+      return;
+    }
+    if (this.role === 'main') {
+      this.syncPeers();
+      return;
+    }
+    this.maybeBecomeMain();
+  }
+
+  private maybeBecomeMain(): void {
+    const map = this.map;
+    if (map === undefined || map.main !== this.id || map.epoch !== this.promisedEpoch || this.role === 'main') return;
+    // A server that restarted is never main in an epoch it already held: it may have lost
+    // unsynced entries that its standbys kept (SPEC.md section 2).
+    const mayLead = map.epoch > this.bootPromisedEpoch || (this.bugs.has('restartAsMain') && map.epoch === this.bootPromisedEpoch);
+    if (!mayLead) {
+      this.event('warn', `Refusing to act as main of epoch ${map.epoch}: this server restarted in that epoch`);
+      return;
+    }
+    if (this.incomplete) {
+      this.event('warn', `Refusing to act as main of epoch ${map.epoch}: the log is incomplete`);
+      return;
+    }
+    if (this.metaDurableEpoch < map.epoch) return; // Retried once the promise is durable.
+    this.becomeMain();
+  }
+
+  private becomeMain(): void {
+    this.role = 'main';
+    this.mainId = this.id;
+    this.peers.clear();
+    this.syncPeers();
+    const start: LogEntry = { epoch: this.promisedEpoch, seq: seq(this.log.lastSeq + 1), write: { type: 'epochStart' } };
+    this.epochStartSeq = start.seq;
+    this.unsentFrom = start.seq;
+    this.log.append(start);
+    this.event('info', `Acting as main of epoch ${this.promisedEpoch} from seq ${start.seq}`);
+  }
+
+  private syncPeers(): void {
+    const ids = new Set(this.members().map((member) => member.id));
+    for (const id of ids) {
+      if (id === this.id || this.peers.has(id)) continue;
+      this.peers.set(id, {
+        id, nextSeq: seq(this.log.lastSeq + 1), matchSeq: seq(0), generation: 0, bootId: -1, readRound: 0,
+        lastProgressMs: this.now, lastHeardMs: -Infinity,
+      });
+    }
+    for (const id of [...this.peers.keys()]) if (!ids.has(id)) this.peers.delete(id);
+  }
+
+  private stepDown(reason: string): void {
+    assert(this.role === 'main', 'only a main steps down');
+    this.role = 'standby';
+    this.event('warn', `Stopped acting as main of epoch ${this.promisedEpoch}: ${reason}`);
+    for (const pending of this.pendingWrites.values()) {
+      this.reply(pending.requestId, errorResponse('UNAVAILABLE', 'The main lost its role; the write may still commit', false));
+    }
+    this.pendingWrites.clear();
+    this.pendingBySeq.clear();
+    for (const read of this.pendingReads) {
+      if (read.request.consistency === 'linearizable') this.failRead(read, 'NOT_MAIN', 'This server is no longer the main');
+    }
+    this.pendingReads = this.pendingReads.filter((read) => read.request.consistency !== 'linearizable');
+    this.peers.clear();
+  }
+
+  // ---------------------------------------------------------------- standby side
+
+  private onAppend(from: ServerId, message: AppendMessage): void {
+    if (message.epoch < this.promisedEpoch && !this.bugs.has('acceptLowerEpochAppend')) {
+      this.replyToMain(from, message.generation, 'staleEpoch');
+      return;
+    }
+    this.adoptEpoch(message.epoch);
+    assert(!(this.role === 'main' && message.epoch === this.promisedEpoch), `two mains in epoch ${message.epoch}`);
+    if (this.role === 'main') return; // Only reachable with a planted bug: an older main's append.
+    this.mainId = from;
+    const prevEpoch = this.log.epochAt(message.prevSeq);
+    if (message.prevSeq > this.log.lastSeq || prevEpoch !== message.prevEpoch) {
+      if (message.prevSeq >= this.log.firstSeq - 1) {
+        this.replyToMain(from, message.generation, 'mismatch');
+        return;
+      }
+    }
+    const appended: LogEntry[] = [];
+    for (const entry of message.entries) {
+      if (entry.seq < this.log.firstSeq) continue;
+      if (entry.seq <= this.log.lastSeq) {
+        if (this.log.epochAt(entry.seq) === entry.epoch) continue;
+        this.truncateLog(seq(entry.seq - 1), `entry ${entry.seq} conflicts with the main's`);
+      }
+      this.log.append(entry);
+      appended.push(entry);
+    }
+    this.appendToDisk(appended);
+    const matched = message.prevSeq + message.entries.length;
+    if (matched > this.matchedSeq) this.matchedSeq = seq(matched);
+    this.learnCommit(message.commitSeq);
+    if (this.bugs.has('ackBeforeFsync')) this.sendAck(from, message.generation, true);
+    else this.sendAck(from, message.generation, false);
+  }
+
+  private onHeartbeat(from: ServerId, message: HeartbeatMessage): void {
+    if (message.epoch < this.promisedEpoch) {
+      this.replyToMain(from, 0, 'staleEpoch');
+      return;
+    }
+    this.adoptEpoch(message.epoch);
+    if (this.role === 'main') return;
+    this.mainId = from;
+    this.learnCommit(message.commitSeq);
+    this.maybeRepaired(message);
+    this.replyToMain(from, 0, undefined, message.readRound);
+  }
+
+  private onEpochEnd(from: ServerId, message: EpochEndMessage): void {
+    if (message.epoch !== this.promisedEpoch || this.role === 'main') return;
+    if (message.answersLastEpoch !== this.log.lastEpoch || message.answersLastSeq !== this.log.lastSeq) {
+      this.event('debug', `Ignoring a stale epochEnd that answers (${message.answersLastEpoch}, ${message.answersLastSeq})`);
+      return;
+    }
+    const ownEnd = this.log.endOfEpoch(message.forEpoch);
+    const cut = seq(Math.min(message.endSeq, ownEnd));
+    if (cut < this.log.lastSeq) this.truncateLog(cut, `divergent tail after the end of epoch ${message.forEpoch}`);
+    this.replyToMain(from, message.generation, 'mismatch');
+  }
+
+  /** Learn the main's commitSeq, trusting it only over entries known to match the main's log. */
+  private learnCommit(mainCommitSeq: Seq): void {
+    const known = Math.min(mainCommitSeq, this.matchedSeq);
+    if (known > this.commitSeq) this.commitSeq = seq(known);
+    this.applyCommitted();
+  }
+
+  /** An incomplete standby is repaired once it durably holds every entry any main committed. */
+  private maybeRepaired(message: HeartbeatMessage): void {
+    if (!this.incomplete || message.forBootId !== this.bootId) return;
+    if (message.commitSeq < message.epochStartSeq) return;
+    if (Math.min(this.durableSeq, this.matchedSeq) < message.commitSeq) return;
+    this.incomplete = false;
+    this.persistMeta();
+    this.event('info', `Log repaired from the main up to seq ${message.commitSeq}; no longer incomplete`);
+  }
+
+  private ackValue(beforeFsync: boolean): Seq {
+    return seq(Math.min(beforeFsync ? this.log.lastSeq : this.durableSeq, this.matchedSeq));
+  }
+
+  private sendAck(to: ServerId, generation: number, beforeFsync: boolean): void {
+    const ack = this.ackValue(beforeFsync);
+    if (ack <= this.ackSentSeq) return;
+    this.ackSentSeq = ack;
+    this.replyToMain(to, generation, undefined, 0, ack);
+  }
+
+  private replyToMain(to: ServerId, generation: number, reason: AppendReply['reason'], readRound = 0, ack?: Seq): void {
+    const reply: AppendReply = {
+      type: 'appendReply',
+      epoch: this.promisedEpoch,
+      bootId: this.bootId,
+      generation,
+      ok: reason === undefined,
+      ackSeq: ack ?? this.ackValue(this.bugs.has('ackBeforeFsync')),
+      lastEpoch: this.log.lastEpoch,
+      lastSeq: this.log.lastSeq,
+      readRound,
+    };
+    if (reason !== undefined) reply.reason = reason;
+    this.send(to, reply);
+  }
+
+  private afterDurable(): void {
+    this.maybeReplyFence();
+    this.maybeBecomeMain();
+    if (this.role === 'main') {
+      this.advanceCommit();
+    } else {
+      if (this.mainId !== undefined) this.sendAck(this.mainId, 0, false);
+      this.applyCommitted();
+    }
+  }
+
+  // ---------------------------------------------------------------- main side: writes
+
+  private onRequest(incoming: IncomingRequest): void {
+    const { requestId, request } = incoming;
+    if (request.type === 'write') {
+      this.onWrite(requestId, request.write, request.session);
+      return;
+    }
+    if (this.pendingReads.length + this.pendingWrites.size >= this.config.limits.pendingRequestsMax) {
+      this.reply(requestId, errorResponse('OVERLOADED', 'Too many requests are waiting; retry later', true));
+      return;
+    }
+    const read: PendingRead = { requestId, request, readSeq: 0, round: 0, deadlineMs: this.now + this.config.timings.readTimeoutMs };
+    if (request.consistency === 'linearizable') {
+      if (this.role !== 'main') {
+        this.reply(requestId, this.notMain());
+        return;
+      }
+      read.readSeq = Math.max(this.commitSeq, this.epochStartSeq);
+      if (this.ackQuorum > 0) {
+        read.round = this.readRound + 1;
+        this.readRoundWanted = true;
+      }
+    } else {
+      read.readSeq = request.minSeq ?? 0;
+    }
+    this.pendingReads.push(read);
+    this.serveReads();
+  }
+
+  private notMain(): ClientResponse {
+    const main = this.map?.epoch === this.promisedEpoch && this.map.main !== null ? this.map.main : this.mainId;
+    return errorResponse('NOT_MAIN', 'This server is not the main', true, main);
+  }
+
+  private onWrite(requestId: number, write: Write, session: Session | undefined): void {
+    if (this.role !== 'main') {
+      this.reply(requestId, this.notMain());
+      return;
+    }
+    if (write.type === 'epochStart') {
+      this.reply(requestId, errorResponse('BAD_REQUEST', 'Clients cannot write epoch-start entries', true));
+      return;
+    }
+    if (session !== undefined) {
+      const recorded = this.kv.sessionResult(session);
+      if (recorded !== undefined) {
+        this.event('debug', `Request ${session.clientId}/${session.requestId} was already applied; returning its result`);
+        this.reply(requestId, writeResponse(recorded));
+        return;
+      }
+    }
+    if (this.pendingReads.length + this.pendingWrites.size >= this.config.limits.pendingRequestsMax) {
+      this.reply(requestId, errorResponse('OVERLOADED', 'Too many writes are waiting; retry later', true));
+      return;
+    }
+    const entry: LogEntry = { epoch: this.promisedEpoch, seq: seq(this.log.lastSeq + 1), write };
+    if (session !== undefined) entry.session = session;
+    this.log.append(entry);
+    this.pendingWrites.set(requestId, { requestId, seq: entry.seq, deadlineMs: this.now + this.config.timings.writeTimeoutMs });
+    const waiting = this.pendingBySeq.get(entry.seq);
+    if (waiting === undefined) this.pendingBySeq.set(entry.seq, [requestId]);
+    else waiting.push(requestId);
+  }
+
+  /** Log and ship entries appended during this input (one disk write and one message per standby). */
+  private flushNewEntries(): void {
+    if (this.unsentFrom > this.log.lastSeq) return;
+    this.appendToDisk(this.log.slice(this.unsentFrom, this.log.lastSeq));
+    this.unsentFrom = seq(this.log.lastSeq + 1);
+    for (const peer of this.peers.values()) this.sendEntries(peer);
+  }
+
+  /** Send a peer what it misses, within the inflight limit, in batches. */
+  private sendEntries(peer: Peer): void {
+    const limits = this.config.limits;
+    while (peer.nextSeq <= this.log.lastSeq && peer.nextSeq - peer.matchSeq - 1 < limits.inflightEntriesMax) {
+      const prevSeq = seq(peer.nextSeq - 1);
+      const prevEpoch = this.log.epochAt(prevSeq);
+      assert(prevEpoch !== undefined, 'snapshots are not implemented: a peer needs compacted entries');
+      const room = limits.inflightEntriesMax - (peer.nextSeq - peer.matchSeq - 1);
+      const last = Math.min(this.log.lastSeq, peer.nextSeq + Math.min(limits.batchEntriesMax, room) - 1);
+      const entries = this.log.slice(peer.nextSeq, last);
+      this.send(peer.id, {
+        type: 'append', epoch: this.promisedEpoch, generation: peer.generation, prevSeq, prevEpoch, entries,
+        commitSeq: this.commitSeq,
+      });
+      peer.nextSeq = seq(last + 1);
+    }
+  }
+
+  private rewind(peer: Peer, to: number): void {
+    peer.generation++;
+    peer.nextSeq = seq(Math.max(to, peer.matchSeq + 1));
+    peer.lastProgressMs = this.now;
+  }
+
+  private onAppendReply(from: ServerId, reply: AppendReply): void {
+    if (reply.epoch > this.promisedEpoch) {
+      this.adoptEpoch(reply.epoch);
+      return;
+    }
+    const peer = this.peers.get(from);
+    if (this.role !== 'main' || peer === undefined || reply.epoch < this.promisedEpoch) return;
+    peer.lastHeardMs = this.now;
+    if (reply.bootId !== peer.bootId) {
+      // A restarted peer may have lost what it acknowledged before: start counting afresh.
+      peer.bootId = reply.bootId;
+      peer.matchSeq = seq(0);
+      peer.readRound = 0;
+      this.rewind(peer, Math.min(reply.lastSeq, this.log.lastSeq) + 1);
+    }
+    if (reply.readRound > peer.readRound) peer.readRound = reply.readRound;
+    if (reply.ackSeq > peer.matchSeq) {
+      peer.matchSeq = reply.ackSeq;
+      peer.lastProgressMs = this.now;
+      if (peer.nextSeq <= peer.matchSeq) peer.nextSeq = seq(peer.matchSeq + 1);
+    }
+    if (!reply.ok && reply.reason === 'mismatch' && reply.generation === peer.generation) this.onMismatch(peer, reply);
+    this.advanceCommit();
+    this.serveReads();
+    this.sendEntries(peer);
+  }
+
+  /** Find where the peer's log stops matching: directly, or by the epoch-boundary rule. */
+  private onMismatch(peer: Peer, reply: AppendReply): void {
+    const ownEpoch = this.log.epochAt(reply.lastSeq);
+    if (reply.lastSeq <= this.log.lastSeq && ownEpoch === reply.lastEpoch) {
+      this.rewind(peer, reply.lastSeq + 1);
+      return;
+    }
+    assert(reply.lastSeq >= this.log.firstSeq - 1 || ownEpoch === undefined, 'mismatch reply outside the log view');
+    const forEpoch = this.log.largestEpochAtMost(reply.lastEpoch);
+    peer.generation++;
+    this.send(peer.id, {
+      type: 'epochEnd', epoch: this.promisedEpoch, generation: peer.generation, forEpoch,
+      endSeq: this.log.endOfEpoch(forEpoch), answersLastEpoch: reply.lastEpoch, answersLastSeq: reply.lastSeq,
+    });
+    // Hold sending until the standby answers with its cut log.
+    peer.nextSeq = seq(this.log.lastSeq + 1);
+  }
+
+  /** Commit rule (SPEC.md section 3, step 6). */
+  private advanceCommit(): void {
+    if (this.role !== 'main') return;
+    const quorum = this.bugs.has('commitWithKMinusOneAcks') ? Math.max(0, this.ackQuorum - 1) : this.ackQuorum;
+    let candidate: number = this.durableSeq;
+    if (quorum > 0) {
+      const acks = [...this.peers.values()].filter((peer) => this.countsTowardQuorum(peer.id)).map((peer) => peer.matchSeq).sort((a, b) => b - a);
+      if (acks.length < quorum) return;
+      candidate = Math.min(candidate, acks[quorum - 1] as number);
+    }
+    if (candidate <= this.commitSeq) return;
+    // Only an entry of this main's epoch commits by counting; older ones commit beneath it.
+    if (candidate < this.epochStartSeq && !this.bugs.has('countOldEpochEntry')) return;
+    this.commitSeq = seq(candidate);
+    this.applyCommitted();
+  }
+
+  private applyCommitted(): void {
+    // A server applies only what it holds durably, so a restart replays the log, never misses it.
+    const upTo = Math.min(this.commitSeq, this.durableSeq);
+    if (upTo <= this.kv.appliedSeq) return;
+    const from = Math.max(this.kv.appliedSeq + 1, this.log.firstSeq);
+    assert(from === this.kv.appliedSeq + 1, 'the log must hold every entry after appliedSeq');
+    const outcomes = this.kv.apply(this.log.slice(from, upTo));
+    if (this.role === 'main') {
+      for (const outcome of outcomes) {
+        const waiting = this.pendingBySeq.get(outcome.seq);
+        if (waiting === undefined) continue;
+        this.pendingBySeq.delete(outcome.seq);
+        for (const requestId of waiting) {
+          if (!this.pendingWrites.delete(requestId)) continue;
+          this.reply(requestId, writeResponse(outcome.result));
+        }
+      }
+    }
+    this.serveReads();
+  }
+
+  // ---------------------------------------------------------------- main side: heartbeats and reads
+
+  private mainHeartbeat(): void {
+    this.readRoundWanted = false;
+    this.readRound++;
+    for (const peer of this.peers.values()) {
+      if (peer.matchSeq < peer.nextSeq - 1 && this.now - peer.lastProgressMs >= this.config.timings.retransmitMs) {
+        this.rewind(peer, peer.matchSeq + 1);
+      }
+      this.send(peer.id, {
+        type: 'heartbeat', epoch: this.promisedEpoch, commitSeq: this.commitSeq, epochStartSeq: this.epochStartSeq,
+        readRound: this.readRound, forBootId: peer.bootId,
+      });
+      this.sendEntries(peer);
+    }
+  }
+
+  /** One confirmation round serves every linearizable read that arrived before it was sent. */
+  private startReadRound(): void {
+    if (!this.readRoundWanted) return;
+    this.readRoundWanted = false;
+    this.readRound++;
+    for (const peer of this.peers.values()) {
+      if (!this.countsTowardQuorum(peer.id)) continue;
+      this.send(peer.id, {
+        type: 'heartbeat', epoch: this.promisedEpoch, commitSeq: this.commitSeq, epochStartSeq: this.epochStartSeq,
+        readRound: this.readRound, forBootId: peer.bootId,
+      });
+    }
+  }
+
+  private confirmedRound(): number {
+    const quorum = this.ackQuorum;
+    if (quorum === 0) return Infinity;
+    const rounds = [...this.peers.values()].filter((peer) => this.countsTowardQuorum(peer.id)).map((peer) => peer.readRound).sort((a, b) => b - a);
+    return rounds.length < quorum ? 0 : rounds[quorum - 1] as number;
+  }
+
+  private serveReads(): void {
+    if (this.pendingReads.length === 0) return;
+    const confirmed = this.role === 'main' ? this.confirmedRound() : 0;
+    const applied = this.kv.appliedSeq;
+    const waiting: PendingRead[] = [];
+    for (const read of this.pendingReads) {
+      if (read.round > confirmed || read.readSeq > applied) {
+        waiting.push(read);
+        continue;
+      }
+      this.reply(read.requestId, this.readNow(read.request));
+    }
+    this.pendingReads = waiting;
+  }
+
+  private readNow(request: ClientRequest & { type: 'read' | 'list' }): ClientResponse {
+    const appliedSeq = this.kv.appliedSeq;
+    if (request.type === 'list') return { type: 'list', items: this.kv.range(request.prefix, request.limit), appliedSeq };
+    const stored = this.kv.get(request.key);
+    return { type: 'read', item: stored === undefined ? undefined : { key: request.key, ...stored }, appliedSeq };
+  }
+
+  private failRead(read: PendingRead, code: ErrorCode, message: string): void {
+    this.reply(read.requestId, errorResponse(code, message, true));
+  }
+
+  private expireRequests(): void {
+    for (const pending of [...this.pendingWrites.values()]) {
+      if (pending.deadlineMs > this.now) continue;
+      this.pendingWrites.delete(pending.requestId);
+      this.reply(pending.requestId, errorResponse('TIMEOUT', `The write was not committed within ${this.config.timings.writeTimeoutMs} ms; it may still commit`, false));
+    }
+    const waiting: PendingRead[] = [];
+    for (const read of this.pendingReads) {
+      if (read.deadlineMs > this.now) waiting.push(read);
+      else this.failRead(read, 'TIMEOUT', `The read could not be served within ${this.config.timings.readTimeoutMs} ms`);
+    }
+    this.pendingReads = waiting;
+  }
+}
+
+function writeResponse(result: WriteResult): ClientResponse {
+  if (result.status === 'preconditionFailed') {
+    return errorResponse('PRECONDITION_FAILED', `The condition failed: the key's version is ${result.version}`, true);
+  }
+  return { type: 'write', result };
+}
+
+function assertLimits(config: ServerConfig): void {
+  const { limits, timings } = config;
+  assert(limits.batchEntriesMax >= 1, 'batchEntriesMax must be at least 1');
+  assert(limits.inflightEntriesMax >= limits.batchEntriesMax, 'inflightEntriesMax must hold at least one batch');
+  assert(limits.pendingRequestsMax >= 1, 'pendingRequestsMax must be at least 1');
+  assert(timings.heartbeatMs > 0, 'heartbeatMs must be positive');
+  assert(timings.contactTimeoutMs > timings.heartbeatMs, 'contactTimeoutMs must exceed heartbeatMs');
+  assert(timings.retransmitMs >= timings.heartbeatMs, 'retransmitMs must be at least heartbeatMs');
+}

@@ -1,0 +1,147 @@
+// Messages between servers (replication) and between servers and the manager (status, cluster
+// map, fencing). Pure data; codecs live beside the transports that need them.
+
+import type { Epoch, LogEntry, Seq, ServerId } from './types.ts';
+
+export type MemberRole = 'standby' | 'learner';
+
+export interface Member {
+  id: ServerId;
+  /** Standbys count toward K and toward failover; learners receive the log and count toward nothing. */
+  role: MemberRole;
+  /** Failover tie-break: higher wins among equally complete candidates. */
+  priority: number;
+  /** Where clients reach this server (opaque to the core; used for NOT_MAIN redirects). */
+  address: string;
+}
+
+/** What the manager derives and sends to every server (SPEC.md section 2). */
+export interface ClusterMap {
+  /** Grows on every change the manager announces, so servers ignore stale maps. */
+  version: number;
+  epoch: Epoch;
+  /** The appointed main of `epoch`, or null while none is appointed (during a failover). */
+  main: ServerId | null;
+  /** Every server in the configuration, the main included. */
+  members: Member[];
+  ackQuorum: number;
+}
+
+/** The durable part of a server's own state besides its log. */
+export interface ServerMeta {
+  /** Highest epoch promised; appends of lower epochs are refused. Only grows. */
+  promisedEpoch: Epoch;
+  /**
+   * Set when the log failed its checksum below its last entry: the server may miss entries it
+   * acknowledged, so it does not count toward a fence quorum until repaired from the main.
+   */
+  incomplete: boolean;
+}
+
+// ---- server → server ----
+
+export interface AppendMessage {
+  type: 'append';
+  epoch: Epoch;
+  /** Bumped by the main each time it rewinds this standby; rejections of older generations are stale. */
+  generation: number;
+  prevSeq: Seq;
+  prevEpoch: Epoch;
+  entries: LogEntry[];
+  commitSeq: Seq;
+}
+
+export interface HeartbeatMessage {
+  type: 'heartbeat';
+  epoch: Epoch;
+  commitSeq: Seq;
+  /** The main's epoch-start entry; commitSeq at or above it covers every earlier committed entry. */
+  epochStartSeq: Seq;
+  /** Confirmation round for linearizable reads; the standby echoes it. */
+  readRound: number;
+  /** The standby incarnation the main has seen; lets an incomplete standby know this commitSeq is fresh. */
+  forBootId: number;
+}
+
+/** The main tells a standby with a divergent tail where an epoch ends in the main's log. */
+export interface EpochEndMessage {
+  type: 'epochEnd';
+  epoch: Epoch;
+  generation: number;
+  /** The largest epoch of the main's log that is at most the standby's last epoch. */
+  forEpoch: Epoch;
+  /** Last seq of the main's log with an epoch at most forEpoch. */
+  endSeq: Seq;
+  /** The standby's log position this answers; a standby whose log moved on since ignores it. */
+  answersLastEpoch: Epoch;
+  answersLastSeq: Seq;
+}
+
+export interface AppendReply {
+  type: 'appendReply';
+  /** The standby's promised epoch. */
+  epoch: Epoch;
+  bootId: number;
+  generation: number;
+  /** true: ackSeq is durable and matches the main's log. false: see reason. */
+  ok: boolean;
+  reason?: 'mismatch' | 'staleEpoch';
+  /** Highest seq durable on the standby and known to match the main's log in this epoch. */
+  ackSeq: Seq;
+  lastEpoch: Epoch;
+  lastSeq: Seq;
+  readRound: number;
+}
+
+export interface PingMessage {
+  type: 'ping';
+}
+
+export type PeerMessage = AppendMessage | HeartbeatMessage | EpochEndMessage | AppendReply | PingMessage;
+
+// ---- server → manager ----
+
+export type ActingRole = 'main' | 'standby';
+
+export interface StatusMessage {
+  type: 'status';
+  bootId: number;
+  promisedEpoch: Epoch;
+  /** What the server does now (a restarted main acts as a standby). */
+  role: ActingRole;
+  /** Position of the durable log: the "latest and most complete" key. */
+  lastEpoch: Epoch;
+  lastSeq: Seq;
+  commitSeq: Seq;
+  appliedSeq: Seq;
+  incomplete: boolean;
+  /** Servers heard from recently (the main included for a standby). */
+  contacts: ServerId[];
+  /** For a main: standbys that acknowledged recently; fewer than K means it cannot commit. */
+  standbysInContact: number;
+  mapVersion: number;
+}
+
+export interface FenceReply {
+  type: 'fenceReply';
+  epoch: Epoch;
+  lastEpoch: Epoch;
+  lastSeq: Seq;
+  incomplete: boolean;
+}
+
+export type ServerToManager = StatusMessage | FenceReply;
+
+// ---- manager → server ----
+
+export interface MapMessage {
+  type: 'map';
+  map: ClusterMap;
+}
+
+export interface FenceMessage {
+  type: 'fence';
+  epoch: Epoch;
+}
+
+export type ManagerToServer = MapMessage | FenceMessage;
