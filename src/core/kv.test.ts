@@ -434,7 +434,7 @@ describe('KvState sessions', () => {
         ['new', { clientId: 'new', requestId: 1, result: ok(2), lastSeq: seq(2) }],
         ['old', { clientId: 'old', requestId: 1, result: ok(1), lastSeq: seq(1) }],
       ]),
-      appliedSeq: seq(2),
+      appliedSeq: seq(2), appliedEpoch: epoch(1),
     });
     const kv = new KvState(store, limits);
     kv.apply([entry(3, put('k', 'v'), { clientId: 'third', requestId: 1 })]);

@@ -5,7 +5,7 @@
 
 import { assert, unreachable } from '../lib/assert.ts';
 import type { Epoch, KeyValue, LogEntry, Operation, Seq, Session, Write, WriteResult } from '../protocol/types.ts';
-import { seq } from '../protocol/types.ts';
+import { epoch, seq } from '../protocol/types.ts';
 
 export interface StoredValue {
   value: Uint8Array;
@@ -27,6 +27,8 @@ export interface KvBatch {
   keys: Map<string, StoredValue | null>;
   sessions: Map<string, SessionRecord | null>;
   appliedSeq: Seq;
+  /** Epoch of the entry at appliedSeq: with appliedSeq it names the state's position in the log. */
+  appliedEpoch: Epoch;
 }
 
 /**
@@ -38,9 +40,12 @@ export interface KvStore {
   /** Keys starting with prefix, in key order, at most limit. */
   range(prefix: string, limit: number): KeyValue[];
   appliedSeq(): Seq;
+  appliedEpoch(): Epoch;
   /** Every session record, in any order. */
   loadSessions(): SessionRecord[];
   commit(batch: KvBatch): void;
+  /** Remove every key and session and set appliedSeq to 0, atomically (K = 0 rebuilds only). */
+  reset(): void;
 }
 
 export interface KvLimits {
@@ -72,12 +77,25 @@ export class KvState {
     return this.store.appliedSeq();
   }
 
+  get appliedEpoch(): Epoch {
+    return this.store.appliedEpoch();
+  }
+
   get(key: string): StoredValue | undefined {
     return this.store.get(key);
   }
 
   range(prefix: string, limit: number): KeyValue[] {
     return this.store.range(prefix, limit);
+  }
+
+  /**
+   * Forget the whole state. Only with K = 0, where a failover may lose entries a standby already
+   * applied: the state is rebuilt by applying the surviving log again.
+   */
+  reset(): void {
+    this.store.reset();
+    this.sessions.clear();
   }
 
   /** The recorded result if this exact request was already applied. */
@@ -98,7 +116,7 @@ export class KvState {
       assert((entries[i] as LogEntry).seq === this.appliedSeq + 1 + i,
         `apply must continue at appliedSeq + 1 with consecutive seqs (expected ${this.appliedSeq + 1 + i}, got ${(entries[i] as LogEntry).seq})`);
     }
-    const batch: KvBatch = { keys: new Map(), sessions: new Map(), appliedSeq: this.appliedSeq };
+    const batch: KvBatch = { keys: new Map(), sessions: new Map(), appliedSeq: this.appliedSeq, appliedEpoch: this.appliedEpoch };
     const read = (key: string): StoredValue | undefined => {
       const pending = batch.keys.get(key);
       if (pending === null) return undefined;
@@ -108,6 +126,7 @@ export class KvState {
     const sessions = this.sessionOverlay(batch.sessions);
     for (const entry of entries) {
       batch.appliedSeq = entry.seq;
+      batch.appliedEpoch = entry.epoch;
       const session = entry.session;
       if (session !== undefined) {
         const record = sessions.get(session.clientId);
@@ -224,6 +243,7 @@ export class MemoryKvStore implements KvStore {
   readonly data = new Map<string, StoredValue>();
   readonly sessionRecords = new Map<string, SessionRecord>();
   private applied: Seq = seq(0);
+  private appliedAtEpoch: Epoch = epoch(0);
 
   get(key: string): StoredValue | undefined {
     return this.data.get(key);
@@ -241,6 +261,10 @@ export class MemoryKvStore implements KvStore {
     return this.applied;
   }
 
+  appliedEpoch(): Epoch {
+    return this.appliedAtEpoch;
+  }
+
   loadSessions(): SessionRecord[] {
     return [...this.sessionRecords.values()];
   }
@@ -256,5 +280,13 @@ export class MemoryKvStore implements KvStore {
       else this.sessionRecords.set(clientId, record);
     }
     this.applied = batch.appliedSeq;
+    this.appliedAtEpoch = batch.appliedEpoch;
+  }
+
+  reset(): void {
+    this.data.clear();
+    this.sessionRecords.clear();
+    this.applied = seq(0);
+    this.appliedAtEpoch = epoch(0);
   }
 }

@@ -341,12 +341,18 @@ export class ManagerCore {
     const standbyRepliers = standbys.filter((member) => complete(member.id) !== undefined);
     const need = this.fenceQuorum(standbys.length);
     let candidates: Member[];
-    if (standbyRepliers.length >= need && standbyRepliers.length > 0) {
+    if (this.state.ackQuorum === 0) {
+      // Asynchronous replication: the most complete server that answered, the old main included.
+      candidates = this.state.members.filter((member) => member.role === 'standby' && complete(member.id) !== undefined);
+    } else if (standbyRepliers.length >= need) {
       candidates = standbyRepliers;
-    } else if (previous !== null && complete(previous) !== undefined && this.state.ackQuorum > 0) {
+    } else if (previous !== null && complete(previous) !== undefined) {
       // The old main answered the fence: it can no longer commit and holds every committed entry.
       candidates = [this.member(previous) as Member];
     } else {
+      candidates = [];
+    }
+    if (candidates.length === 0) {
       const report = `have ${standbyRepliers.length} of ${need} standby fence replies needed`;
       if (report !== this.lastWaitReport) {
         this.lastWaitReport = report;

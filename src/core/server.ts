@@ -169,6 +169,8 @@ export class ServerCore {
   private ackSentSeq: Seq = seq(0);
   private readonly contacts = new Map<ServerId, number>();
   private fenceReplyWanted = false;
+  /** K as the main of promisedEpoch stated it, until a map arrives. */
+  private ackQuorumFromMain: number | undefined;
 
   // Main state, valid while role === 'main'.
   private epochStartSeq: Seq = seq(0);
@@ -368,8 +370,14 @@ export class ServerCore {
   }
 
   private truncateLog(after: Seq, reason: string): void {
-    assert(after >= this.commitSeq, `truncation at ${after} would cut committed entries (commitSeq ${this.commitSeq})`);
-    assert(after >= this.kv.appliedSeq, 'truncation would cut applied entries');
+    if (after < this.commitSeq) {
+      // With K >= 1 a committed entry is in every future main's log: cutting one is a bug. With
+      // K = 0 (asynchronous replication) a failover may lose committed entries, as documented.
+      assert(this.ackQuorum === 0, `truncation at ${after} would cut committed entries (commitSeq ${this.commitSeq})`);
+      this.event('warn', `K = 0: entries up to seq ${this.commitSeq} that committed on a former main were lost in a failover`);
+      this.commitSeq = after;
+    }
+    if (after < this.kv.appliedSeq) this.stateDiverged(`applied entries after seq ${after} were lost in a failover`);
     this.log.truncateAfter(after);
     // Entries above the cut are gone from memory; no earlier durability report may resurrect them.
     this.durableSeq = seq(Math.min(this.durableSeq, after));
@@ -388,7 +396,7 @@ export class ServerCore {
   }
 
   private get ackQuorum(): number {
-    return this.map?.ackQuorum ?? 1;
+    return this.map?.ackQuorum ?? this.ackQuorumFromMain ?? 1;
   }
 
   private reportStatus(): void {
@@ -513,6 +521,7 @@ export class ServerCore {
     assert(!(this.role === 'main' && message.epoch === this.promisedEpoch), `two mains in epoch ${message.epoch}`);
     if (this.role === 'main') return; // Only reachable with a planted bug: an older main's append.
     this.mainId = from;
+    this.ackQuorumFromMain = message.ackQuorum;
     const prevEpoch = this.log.epochAt(message.prevSeq);
     if (message.prevSeq > this.log.lastSeq || prevEpoch !== message.prevEpoch) {
       if (message.prevSeq >= this.log.firstSeq - 1) {
@@ -533,6 +542,10 @@ export class ServerCore {
     this.appendToDisk(appended);
     const matched = message.prevSeq + message.entries.length;
     if (matched > this.matchedSeq) this.matchedSeq = seq(matched);
+    const applied = this.kv.appliedSeq;
+    if (applied > 0 && applied <= this.matchedSeq && this.log.epochAt(applied) !== undefined && this.log.epochAt(applied) !== this.kv.appliedEpoch) {
+      this.stateDiverged(`the main's entry at seq ${applied} is of epoch ${this.log.epochAt(applied)}, the state applied one of epoch ${this.kv.appliedEpoch}`);
+    }
     this.learnCommit(message.commitSeq);
     if (this.bugs.has('ackBeforeFsync')) this.sendAck(from, message.generation, true);
     else this.sendAck(from, message.generation, false);
@@ -546,6 +559,13 @@ export class ServerCore {
     this.adoptEpoch(message.epoch);
     if (this.role === 'main') return;
     this.mainId = from;
+    this.ackQuorumFromMain = message.ackQuorum;
+    const applied = this.kv.appliedSeq;
+    if (this.ackQuorum === 0 && applied > this.matchedSeq && applied > message.lastSeq) {
+      // The state holds entries beyond the main's whole log (lost in a K = 0 failover). Heartbeats
+      // may arrive late, so at worst this rebuilds a state that was fine: never unsafe.
+      this.truncateLog(seq(Math.min(this.log.lastSeq, message.lastSeq)), `the state applied seq ${this.kv.appliedSeq}, beyond the main's last seq ${message.lastSeq}`);
+    }
     this.learnCommit(message.commitSeq);
     this.maybeRepaired(message);
     this.replyToMain(from, 0, undefined, message.readRound);
@@ -578,6 +598,18 @@ export class ServerCore {
     this.incomplete = false;
     this.persistMeta();
     this.event('info', `Log repaired from the main up to seq ${message.commitSeq}; no longer incomplete`);
+  }
+
+  /**
+   * The state applied entries that the main's log does not have. With K >= 1 that is a bug (they
+   * were committed); with K = 0 a failover may lose them: rebuild the state from the log.
+   */
+  private stateDiverged(reason: string): void {
+    assert(this.ackQuorum === 0, `the applied state diverged from the main's log: ${reason}`);
+    this.event('warn', `K = 0: rebuilding the state from the log: ${reason}`);
+    this.kv.reset();
+    if (this.commitSeq > this.matchedSeq) this.commitSeq = this.matchedSeq;
+    this.applyCommitted();
   }
 
   private ackValue(beforeFsync: boolean): Seq {
@@ -703,7 +735,7 @@ export class ServerCore {
       const entries = this.log.slice(peer.nextSeq, last);
       this.send(peer.id, {
         type: 'append', epoch: this.promisedEpoch, generation: peer.generation, prevSeq, prevEpoch, entries,
-        commitSeq: this.commitSeq,
+        commitSeq: this.commitSeq, ackQuorum: this.ackQuorum,
       });
       peer.nextSeq = seq(last + 1);
     }
@@ -728,7 +760,8 @@ export class ServerCore {
       peer.bootId = reply.bootId;
       peer.matchSeq = seq(0);
       peer.readRound = 0;
-      this.rewind(peer, Math.min(reply.lastSeq, this.log.lastSeq) + 1);
+      // Resend at least the last entry, so its prev check finds where the logs part.
+      this.rewind(peer, Math.min(reply.lastSeq + 1, this.log.lastSeq));
     }
     if (reply.readRound > peer.readRound) peer.readRound = reply.readRound;
     if (reply.ackSeq > peer.matchSeq) {
@@ -809,7 +842,7 @@ export class ServerCore {
       }
       this.send(peer.id, {
         type: 'heartbeat', epoch: this.promisedEpoch, commitSeq: this.commitSeq, epochStartSeq: this.epochStartSeq,
-        readRound: this.readRound, forBootId: peer.bootId,
+        readRound: this.readRound, forBootId: peer.bootId, lastSeq: this.log.lastSeq, ackQuorum: this.ackQuorum,
       });
       this.sendEntries(peer);
     }
@@ -824,7 +857,7 @@ export class ServerCore {
       if (!this.countsTowardQuorum(peer.id)) continue;
       this.send(peer.id, {
         type: 'heartbeat', epoch: this.promisedEpoch, commitSeq: this.commitSeq, epochStartSeq: this.epochStartSeq,
-        readRound: this.readRound, forBootId: peer.bootId,
+        readRound: this.readRound, forBootId: peer.bootId, lastSeq: this.log.lastSeq, ackQuorum: this.ackQuorum,
       });
     }
   }

@@ -49,6 +49,8 @@ export interface AppendMessage {
   prevEpoch: Epoch;
   entries: LogEntry[];
   commitSeq: Seq;
+  /** K, so a standby knows it before the manager's map reaches it. */
+  ackQuorum: number;
 }
 
 export interface HeartbeatMessage {
@@ -61,6 +63,9 @@ export interface HeartbeatMessage {
   readRound: number;
   /** The standby incarnation the main has seen; lets an incomplete standby know this commitSeq is fresh. */
   forBootId: number;
+  /** The main's last seq: a standby whose state applied more holds writes the cluster lost (K = 0 only). */
+  lastSeq: Seq;
+  ackQuorum: number;
 }
 
 /** The main tells a standby with a divergent tail where an epoch ends in the main's log. */
