@@ -16,6 +16,10 @@ export const plantedBugs = [
   'acceptLowerEpochAppend',
   /** A restarted main resumes as main in its old epoch. */
   'restartAsMain',
+  /** The main serves linearizable reads without confirming its epoch with K standbys. */
+  'readWithoutConfirmation',
+  /** A local read is served without waiting until minSeq is applied. */
+  'localReadIgnoresMinSeq',
 ] as const;
 
 export type PlantedBug = (typeof plantedBugs)[number];

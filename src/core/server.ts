@@ -88,7 +88,12 @@ export type ServerEffect =
   | { kind: 'sendManager'; message: ServerToManager }
   | { kind: 'disk'; operationId: number; operation: DiskOperation }
   | { kind: 'reply'; requestId: number; response: ClientResponse }
-  | { kind: 'event'; level: 'info' | 'warn' | 'debug'; message: string };
+  | { kind: 'event'; level: 'info' | 'warn' | 'debug'; code: ServerEventCode; message: string };
+
+/** What a server reports about itself, for logs, counters and the dashboard's timeline. */
+export type ServerEventCode =
+  | 'becameMain' | 'steppedDown' | 'refusedMain' | 'truncated' | 'repaired' | 'stateRebuilt'
+  | 'committedLost' | 'duplicateAbsorbed' | 'staleMessage';
 
 export interface IncomingRequest {
   requestId: number;
@@ -169,6 +174,7 @@ export class ServerCore {
   private ackSentSeq: Seq = seq(0);
   private readonly contacts = new Map<ServerId, number>();
   private fenceReplyWanted = false;
+  private refusedMainEpoch: Epoch | undefined;
   /** K as the main of promisedEpoch stated it, until a map arrives. */
   private ackQuorumFromMain: number | undefined;
 
@@ -349,8 +355,8 @@ export class ServerCore {
     this.out.push({ kind: 'reply', requestId, response });
   }
 
-  private event(level: 'info' | 'warn' | 'debug', message: string): void {
-    this.out.push({ kind: 'event', level, message });
+  private event(level: 'info' | 'warn' | 'debug', code: ServerEventCode, message: string): void {
+    this.out.push({ kind: 'event', level, code, message });
   }
 
   private disk(operation: DiskOperation, pending: Omit<PendingDiskOperation, 'operationId'>): void {
@@ -374,7 +380,7 @@ export class ServerCore {
       // With K >= 1 a committed entry is in every future main's log: cutting one is a bug. With
       // K = 0 (asynchronous replication) a failover may lose committed entries, as documented.
       assert(this.ackQuorum === 0, `truncation at ${after} would cut committed entries (commitSeq ${this.commitSeq})`);
-      this.event('warn', `K = 0: entries up to seq ${this.commitSeq} that committed on a former main were lost in a failover`);
+      this.event('warn', 'committedLost', `K = 0: entries up to seq ${this.commitSeq} that committed on a former main were lost in a failover`);
       this.commitSeq = after;
     }
     if (after < this.kv.appliedSeq) this.stateDiverged(`applied entries after seq ${after} were lost in a failover`);
@@ -384,7 +390,7 @@ export class ServerCore {
     for (const pending of this.pendingDisk) pending.lastSeqAfter = seq(Math.min(pending.lastSeqAfter, after));
     this.matchedSeq = seq(Math.min(this.matchedSeq, after));
     this.disk({ type: 'truncate', afterSeq: after }, { lastSeqAfter: after });
-    this.event('info', `Truncated the log after seq ${after}: ${reason}`);
+    this.event('info', 'truncated', `Truncated the log after seq ${after}: ${reason}`);
   }
 
   private members(): Member[] {
@@ -459,15 +465,22 @@ export class ServerCore {
     // unsynced entries that its standbys kept (SPEC.md section 2).
     const mayLead = map.epoch > this.bootPromisedEpoch || (this.bugs.has('restartAsMain') && map.epoch === this.bootPromisedEpoch);
     if (!mayLead) {
-      this.event('warn', `Refusing to act as main of epoch ${map.epoch}: this server restarted in that epoch`);
+      this.refuseMain(map.epoch, `Refusing to act as main of epoch ${map.epoch}: this server restarted in that epoch`);
       return;
     }
     if (this.incomplete) {
-      this.event('warn', `Refusing to act as main of epoch ${map.epoch}: the log is incomplete`);
+      this.refuseMain(map.epoch, `Refusing to act as main of epoch ${map.epoch}: the log is incomplete`);
       return;
     }
     if (this.metaDurableEpoch < map.epoch) return; // Retried once the promise is durable.
     this.becomeMain();
+  }
+
+  /** Say once per epoch why this server will not act as the main it was appointed. */
+  private refuseMain(refusedEpoch: Epoch, message: string): void {
+    if (this.refusedMainEpoch === refusedEpoch) return;
+    this.refusedMainEpoch = refusedEpoch;
+    this.event('warn', 'refusedMain', message);
   }
 
   private becomeMain(): void {
@@ -479,7 +492,7 @@ export class ServerCore {
     this.epochStartSeq = start.seq;
     this.unsentFrom = start.seq;
     this.log.append(start);
-    this.event('info', `Acting as main of epoch ${this.promisedEpoch} from seq ${start.seq}`);
+    this.event('info', 'becameMain', `Acting as main of epoch ${this.promisedEpoch} from seq ${start.seq}`);
   }
 
   private syncPeers(): void {
@@ -497,7 +510,7 @@ export class ServerCore {
   private stepDown(reason: string): void {
     assert(this.role === 'main', 'only a main steps down');
     this.role = 'standby';
-    this.event('warn', `Stopped acting as main of epoch ${this.promisedEpoch}: ${reason}`);
+    this.event('warn', 'steppedDown', `Stopped acting as main of epoch ${this.promisedEpoch}: ${reason}`);
     for (const pending of this.pendingWrites.values()) {
       this.reply(pending.requestId, errorResponse('UNAVAILABLE', 'The main lost its role; the write may still commit', false));
     }
@@ -574,7 +587,7 @@ export class ServerCore {
   private onEpochEnd(from: ServerId, message: EpochEndMessage): void {
     if (message.epoch !== this.promisedEpoch || this.role === 'main') return;
     if (message.answersLastEpoch !== this.log.lastEpoch || message.answersLastSeq !== this.log.lastSeq) {
-      this.event('debug', `Ignoring a stale epochEnd that answers (${message.answersLastEpoch}, ${message.answersLastSeq})`);
+      this.event('debug', 'staleMessage', `Ignoring a stale epochEnd that answers (${message.answersLastEpoch}, ${message.answersLastSeq})`);
       return;
     }
     const ownEnd = this.log.endOfEpoch(message.forEpoch);
@@ -597,7 +610,7 @@ export class ServerCore {
     if (Math.min(this.durableSeq, this.matchedSeq) < message.commitSeq) return;
     this.incomplete = false;
     this.persistMeta();
-    this.event('info', `Log repaired from the main up to seq ${message.commitSeq}; no longer incomplete`);
+    this.event('info', 'repaired', `Log repaired from the main up to seq ${message.commitSeq}; no longer incomplete`);
   }
 
   /**
@@ -606,7 +619,7 @@ export class ServerCore {
    */
   private stateDiverged(reason: string): void {
     assert(this.ackQuorum === 0, `the applied state diverged from the main's log: ${reason}`);
-    this.event('warn', `K = 0: rebuilding the state from the log: ${reason}`);
+    this.event('warn', 'stateRebuilt', `K = 0: rebuilding the state from the log: ${reason}`);
     this.kv.reset();
     if (this.commitSeq > this.matchedSeq) this.commitSeq = this.matchedSeq;
     this.applyCommitted();
@@ -669,12 +682,12 @@ export class ServerCore {
         return;
       }
       read.readSeq = Math.max(this.commitSeq, this.epochStartSeq);
-      if (this.ackQuorum > 0) {
+      if (this.ackQuorum > 0 && !this.bugs.has('readWithoutConfirmation')) {
         read.round = this.readRound + 1;
         this.readRoundWanted = true;
       }
     } else {
-      read.readSeq = request.minSeq ?? 0;
+      read.readSeq = this.bugs.has('localReadIgnoresMinSeq') ? 0 : request.minSeq ?? 0;
     }
     this.pendingReads.push(read);
     this.serveReads();
@@ -697,7 +710,7 @@ export class ServerCore {
     if (session !== undefined) {
       const recorded = this.kv.sessionResult(session);
       if (recorded !== undefined) {
-        this.event('debug', `Request ${session.clientId}/${session.requestId} was already applied; returning its result`);
+        this.event('debug', 'duplicateAbsorbed', `Request ${session.clientId}/${session.requestId} was already applied; returning its result`);
         this.reply(requestId, writeResponse(recorded));
         return;
       }
@@ -817,6 +830,9 @@ export class ServerCore {
     const from = Math.max(this.kv.appliedSeq + 1, this.log.firstSeq);
     assert(from === this.kv.appliedSeq + 1, 'the log must hold every entry after appliedSeq');
     const outcomes = this.kv.apply(this.log.slice(from, upTo));
+    for (const outcome of outcomes) {
+      if (outcome.duplicate) this.event('debug', 'duplicateAbsorbed', `Entry ${outcome.seq} retried a request already applied; it changed nothing`);
+    }
     if (this.role === 'main') {
       for (const outcome of outcomes) {
         const waiting = this.pendingBySeq.get(outcome.seq);

@@ -14,6 +14,7 @@ import { defaultServerLimits, defaultServerTimings, ServerCore } from '../core/s
 import type { ManagerToServer, Member, PeerMessage, ServerToManager } from '../protocol/messages.ts';
 import type { ClientRequest, ClientResponse, LogEntry, ServerId } from '../protocol/types.ts';
 import { serverId } from '../protocol/types.ts';
+import { KvState, MemoryKvStore } from '../core/kv.ts';
 import { SimDisk } from './disk.ts';
 import { EventHeap } from './heap.ts';
 import type { HistoryOperation } from './linearizability.ts';
@@ -37,11 +38,16 @@ export interface SimCounters {
   oneWayPartitions: number;
   clogs: number;
   serverCrashes: number;
+  newMainsCrashed: number;
+  newMainsIsolated: number;
   serverPauses: number;
   managerCrashes: number;
   unsyncedWritesLost: number;
   tornRecordsRecovered: number;
   bitFlipsDetected: number;
+  incompleteRepaired: number;
+  managerPauses: number;
+  localReadsOk: number;
   failovers: number;
   fenceQuorumWaits: number;
   truncations: number;
@@ -68,8 +74,8 @@ export interface SimResult {
 export function emptyCounters(): SimCounters {
   return {
     events: 0, messagesSent: 0, messagesDropped: 0, messagesDuplicated: 0, partitions: 0, oneWayPartitions: 0, clogs: 0,
-    serverCrashes: 0, serverPauses: 0, managerCrashes: 0, unsyncedWritesLost: 0, tornRecordsRecovered: 0,
-    bitFlipsDetected: 0, failovers: 0, fenceQuorumWaits: 0, truncations: 0, duplicatesAbsorbed: 0,
+    serverCrashes: 0, newMainsCrashed: 0, newMainsIsolated: 0, serverPauses: 0, managerCrashes: 0, unsyncedWritesLost: 0, tornRecordsRecovered: 0,
+    bitFlipsDetected: 0, incompleteRepaired: 0, managerPauses: 0, localReadsOk: 0, failovers: 0, fenceQuorumWaits: 0, truncations: 0, duplicatesAbsorbed: 0,
     writesAcknowledged: 0, readsOk: 0, casOk: 0, operationsUnknown: 0, clientRetries: 0,
   };
 }
@@ -104,7 +110,8 @@ type SimEvent =
   | { type: 'heal'; partitionId: number }
   | { type: 'clientStep'; client: number }
   | { type: 'attemptTimeout'; client: number; attempt: number }
-  | { type: 'retry'; client: number; attempt: number };
+  | { type: 'retry'; client: number; attempt: number }
+  | { type: 'crashNewMain'; node: NodeName };
 
 /** Per-seed fault rates: swarm testing gives each seed its own mix. */
 interface FaultProfile {
@@ -119,10 +126,14 @@ interface FaultProfile {
   survivalChance: number;
   tornChance: number;
   bitFlipChance: number;
+  batchEntriesMax: number;
+  inflightEntriesMax: number;
+  /** Chance that a newly appointed main is crashed within tens of milliseconds (flapping). */
+  killNewMainChance: number;
 }
 
-type NemesisKind = 'crash' | 'pause' | 'crashManager' | 'isolate' | 'isolateMain' | 'mainFromManager' | 'split' | 'oneWay' | 'clog';
-const nemesisKinds: NemesisKind[] = ['crash', 'pause', 'crashManager', 'isolate', 'isolateMain', 'mainFromManager', 'split', 'oneWay', 'clog'];
+type NemesisKind = 'crash' | 'pause' | 'crashManager' | 'pauseManager' | 'isolate' | 'isolateMain' | 'mainFromManager' | 'split' | 'oneWay' | 'clog';
+const nemesisKinds: NemesisKind[] = ['crash', 'pause', 'crashManager', 'pauseManager', 'isolate', 'isolateMain', 'mainFromManager', 'split', 'oneWay', 'clog'];
 
 interface ServerNode {
   id: ServerId;
@@ -146,8 +157,9 @@ interface ClientOperation {
   history: HistoryOperation;
   request: ClientRequest;
   deadlineMs: number;
-  /** For cas: the version expected. */
   done: boolean;
+  /** A local read: sent to any server, kept out of the linearizability history. */
+  local?: boolean;
 }
 
 interface Client {
@@ -158,6 +170,8 @@ interface Client {
   nextRequestId: number;
   operationsLeft: number;
   known: Map<string, { value: string | null; version: number }>;
+  /** Seq of this client's last acknowledged write, for read-your-writes on local reads. */
+  lastWriteSeq: number;
 }
 
 interface Partition {
@@ -189,6 +203,8 @@ class Simulation {
   private managerIncarnation = 0;
   private managerDurable: ManagerState;
   private managerPaused = false;
+  /** Events that reached the manager while it was paused, delivered on resume. */
+  private managerHeld: SimEvent[] = [];
   private readonly blocked = new Map<string, number>();
   private readonly clogged = new Map<string, number>();
   private readonly partitions = new Map<number, Partition>();
@@ -201,6 +217,10 @@ class Simulation {
   private readonly acknowledged = new Map<number, { key: string; value: string; epoch: number }>();
   /** Epoch → the server that committed as main in it. */
   private readonly committerOfEpoch = new Map<number, ServerId>();
+  private failoverSafetyCheckedFor = '';
+  private readonly committedState = new KvState(new MemoryKvStore(), { sessionsMax: 1_000_000 });
+  private readonly committedChanges = new Map<string, { version: number; value: string }[]>();
+  private readonly entryAtPosition = new Map<string, LogEntry>();
   private healed = false;
   private healedAtMs = 0;
   private livenessWrite = false;
@@ -228,12 +248,17 @@ class Simulation {
       delayMaxMs,
       fsyncMinMs: random.pick([0, 1]),
       fsyncMaxMs: random.pick([1, 5, 20]),
-      nemesisEveryMs: random.pick([300, 1000, 3000]),
+      nemesisEveryMs: random.pick([100, 300, 1000, 3000]),
       weights,
       survivalChance: random.pick([0, 0.3, 0.7]),
       tornChance: random.pick([0, 0.5]),
       bitFlipChance: random.pick([0, 0.2, 0.5]),
+      batchEntriesMax: 1,
+      inflightEntriesMax: 1,
+      killNewMainChance: random.pick([0, 0, 0.3, 0.7]),
     };
+    this.profile.batchEntriesMax = random.pick([1, 2, 8, 64]);
+    this.profile.inflightEntriesMax = this.profile.batchEntriesMax * random.pick([1, 4, 16]);
     for (const member of this.members) {
       this.servers.push({
         id: member.id, core: undefined, disk: new SimDisk(), incarnation: 0, paused: false, held: [], requests: new Map(),
@@ -243,7 +268,7 @@ class Simulation {
     this.managerDurable = initialManagerState(this.members, this.ackQuorum);
     const clientCount = random.int(1, 5);
     for (let i = 0; i < clientCount; i++) {
-      this.clients.push({ id: i, guess: random.int(0, serverCount - 1), operation: undefined, attempt: 0, nextRequestId: 1, operationsLeft: random.int(20, 120), known: new Map() });
+      this.clients.push({ id: i, guess: random.int(0, serverCount - 1), operation: undefined, attempt: 0, nextRequestId: 1, operationsLeft: random.int(20, 120), known: new Map(), lastWriteSeq: 0 });
     }
   }
 
@@ -332,6 +357,10 @@ class Simulation {
       }
       case 'persistDone': {
         if (event.incarnation !== this.managerIncarnation || this.manager === undefined) return;
+        if (this.managerPaused) {
+          this.managerHeld.push(event);
+          return;
+        }
         this.managerDurable = event.state;
         this.runManagerEffects(this.manager.onPersisted(this.now, event.persistId));
         return;
@@ -345,6 +374,14 @@ class Simulation {
         }
         return;
       case 'resume': return this.resume(event.node);
+      case 'crashNewMain': {
+        const node = this.server(event.node);
+        if (this.healed || node.core === undefined) return;
+        this.counters.newMainsCrashed++;
+        this.crashServer(node);
+        this.schedule(this.random.int(50, 3000), { type: 'restart', node: node.id });
+        return;
+      }
       case 'heal': return this.healPartition(event.partitionId);
       case 'clientStep': return this.clientStep(this.clients[event.client] as Client);
       case 'attemptTimeout': return this.onAttemptTimeout(this.clients[event.client] as Client, event.attempt);
@@ -370,7 +407,7 @@ class Simulation {
     const recovery = node.disk.recover();
     if (recovery.corruptionFound) this.counters.bitFlipsDetected++;
     node.core = new ServerCore(
-      { id: node.id, timings: defaultServerTimings, limits: { ...defaultServerLimits, batchEntriesMax: 64, inflightEntriesMax: 256 }, bugs: this.bugs },
+      { id: node.id, timings: defaultServerTimings, limits: { ...defaultServerLimits, batchEntriesMax: this.profile.batchEntriesMax, inflightEntriesMax: this.profile.inflightEntriesMax }, bugs: this.bugs },
       { meta: recovery.meta, entries: recovery.entries, corruptionFound: recovery.corruptionFound, bootId: this.random.uint32(), store: node.disk.store },
     );
     node.commitSeen = node.core.committed;
@@ -389,7 +426,7 @@ class Simulation {
     node.held = [];
     const outcome = node.disk.crash(this.random, this.profile.survivalChance, this.profile.tornChance);
     if (outcome.torn) this.counters.tornRecordsRecovered++;
-    this.counters.unsyncedWritesLost++;
+    this.counters.unsyncedWritesLost += outcome.lost;
     this.counters.serverCrashes++;
     // One corrupt disk at a time: two at once can destroy every copy of a committed entry, which
     // no replication scheme survives without an operator.
@@ -404,6 +441,7 @@ class Simulation {
     assert(this.manager === undefined, 'manager is already running');
     this.managerIncarnation++;
     this.managerPaused = false;
+    this.managerHeld = [];
     this.manager = new ManagerCore({ timings: defaultManagerTimings, bugs: this.bugs }, this.managerDurable, this.now);
     this.log(`manager started (epoch ${this.managerDurable.epoch}, main ${this.managerDurable.main}, phase ${this.managerDurable.phase})`);
     this.runManagerEffects(this.manager.start(this.now));
@@ -414,6 +452,8 @@ class Simulation {
     if (this.manager === undefined) return;
     this.manager = undefined;
     this.managerIncarnation++;
+    this.managerPaused = false;
+    this.managerHeld = [];
     this.counters.managerCrashes++;
     this.log('manager crashed');
   }
@@ -433,7 +473,15 @@ class Simulation {
 
   private resume(name: NodeName): void {
     if (name === MANAGER) {
+      if (!this.managerPaused || this.manager === undefined) return;
       this.managerPaused = false;
+      const held = this.managerHeld;
+      this.managerHeld = [];
+      this.log(`manager resumed with ${held.length} held events`);
+      for (const event of held) {
+        this.dispatch(event);
+        this.checkInvariants();
+      }
       return;
     }
     const node = this.server(name);
@@ -460,8 +508,8 @@ class Simulation {
           this.send(node.id, MANAGER, { kind: 'toManager', message: effect.message });
           break;
         case 'disk': {
+          if (effect.operation.type === 'append') this.checkEntriesUnique(node, effect.operation.entries);
           node.disk.issue(effect.operationId, effect.operation);
-          if (effect.operation.type === 'truncate') this.counters.truncations++;
           const latency = this.random.int(this.profile.fsyncMinMs, this.profile.fsyncMaxMs);
           node.disk.lastDoneAt = Math.max(node.disk.lastDoneAt, this.now) + latency;
           this.heap.push(node.disk.lastDoneAt, { type: 'diskDone', node: node.id, incarnation: node.incarnation, operationId: effect.operationId });
@@ -476,7 +524,9 @@ class Simulation {
           break;
         }
         case 'event':
-          if (effect.message.startsWith('Request ') && effect.message.includes('already applied')) this.counters.duplicatesAbsorbed++;
+          if (effect.code === 'duplicateAbsorbed') this.counters.duplicatesAbsorbed++;
+          if (effect.code === 'truncated') this.counters.truncations++;
+          if (effect.code === 'repaired') this.counters.incompleteRepaired++;
           if (effect.level !== 'debug') this.log(`${node.id}: ${effect.message}`);
           break;
       }
@@ -496,6 +546,17 @@ class Simulation {
         }
         case 'event':
           if (effect.event?.type === 'appointed' && effect.event.epoch > 1) this.counters.failovers++;
+          if (effect.event?.type === 'appointed' && !this.healed && this.random.chance(this.profile.killNewMainChance)) {
+            if (this.random.chance(0.5)) {
+              this.schedule(this.random.int(1, 60), { type: 'crashNewMain', node: effect.event.main });
+            } else {
+              // Cut it off before its first append leaves: it may log entries no one else sees.
+              const main = effect.event.main;
+              const others = this.servers.filter((node) => node.id !== main).map((node) => node.id);
+              this.partition(others.flatMap((other) => [`${main}>${other}`, `${other}>${main}`]), this.random.int(200, 3000), `isolate new main ${main} from servers`);
+              this.counters.newMainsIsolated++;
+            }
+          }
           if (effect.event?.type === 'fenceQuorumWait') this.counters.fenceQuorumWaits++;
           this.log(`manager: ${effect.message}`);
           break;
@@ -524,7 +585,10 @@ class Simulation {
     const { from, to, payload } = event;
     if (to === MANAGER) {
       if (this.manager === undefined || payload.kind !== 'toManager') return;
-      if (this.managerPaused) return;
+      if (this.managerPaused) {
+        this.managerHeld.push(event);
+        return;
+      }
       if (payload.message.type === 'fenceReply') this.log(`manager <- ${from}: fence reply ${JSON.stringify(payload.message)}`);
       const effects = payload.message.type === 'status'
         ? this.manager.onStatus(this.now, serverId(from), payload.message)
@@ -607,6 +671,13 @@ class Simulation {
         this.schedule(duration, { type: 'resume', node: node.id });
         return;
       }
+      case 'pauseManager':
+        if (this.manager === undefined || this.managerPaused) return;
+        this.managerPaused = true;
+        this.counters.managerPauses++;
+        this.log('manager paused');
+        this.schedule(duration, { type: 'resume', node: MANAGER });
+        return;
       case 'crashManager':
         if (this.manager === undefined) return;
         this.crashManager();
@@ -712,7 +783,7 @@ class Simulation {
       else if (node.paused) this.resume(node.id);
     }
     if (this.manager === undefined) this.startManager();
-    this.managerPaused = false;
+    else this.resume(MANAGER);
     for (const client of this.clients) client.operationsLeft = Math.max(client.operationsLeft, 3);
     for (const client of this.clients) if (client.operation === undefined) this.schedule(1, { type: 'clientStep', client: client.id });
   }
@@ -731,11 +802,21 @@ class Simulation {
     let roll = random.float();
     // After healing, probe liveness: a plain write, then a linearizable read.
     if (this.healed && !this.livenessWrite) roll = 0.5;
-    else if (this.healed && !this.livenessRead) roll = 0;
+    else if (this.healed && !this.livenessRead) roll = 0.2;
     const invokeTime = this.now;
     const deadlineMs = this.now + 3000;
     let operation: ClientOperation;
     const known = client.known.get(key);
+    if (roll < 0.1 && client.lastWriteSeq > 0) {
+      // A local read on any server, with read-your-writes: not linearizable, checked apart.
+      operation = {
+        history: { process: client.id, key, kind: 'read', value: null, invokeTime, completeTime: Infinity, outcome: 'info' },
+        request: { type: 'read', key, consistency: 'local', minSeq: client.lastWriteSeq }, deadlineMs, done: false, local: true,
+      };
+      client.operation = operation;
+      this.sendAttempt(client);
+      return;
+    }
     if (roll < 0.4 || (roll >= 0.8 && known === undefined)) {
       operation = {
         history: { process: client.id, key, kind: 'read', value: null, invokeTime, completeTime: Infinity, outcome: 'info' },
@@ -767,7 +848,7 @@ class Simulation {
     assert(operation !== undefined, 'attempt without an operation');
     client.attempt++;
     if (client.attempt > 1) this.counters.clientRetries++;
-    const target = this.servers[client.guess] as ServerNode;
+    const target = operation.local === true ? this.random.pick(this.servers) : this.servers[client.guess] as ServerNode;
     this.send(`client:${client.id}`, target.id, { kind: 'request', attempt: client.attempt, request: operation.request });
     this.schedule(400, { type: 'attemptTimeout', client: client.id, attempt: client.attempt });
   }
@@ -811,6 +892,12 @@ class Simulation {
       this.schedule(10, { type: 'retry', client: client.id, attempt: client.attempt });
       return;
     }
+    if (response.type === 'read' && operation.local === true) {
+      this.checkLocalRead(operation, response);
+      this.counters.localReadsOk++;
+      this.complete(client, 'ok');
+      return;
+    }
     if (response.type === 'read') {
       if (history.kind !== 'read') return;
       const value = response.item === undefined ? null : textDecoder.decode(response.item.value);
@@ -836,6 +923,7 @@ class Simulation {
       this.acknowledged.set(result.seq, { key: history.key, value: history.value as string, epoch: result.epoch });
       this.checkAcknowledgedAgainstCommitted(result.seq);
       client.known.set(history.key, { value: history.value, version: result.version });
+      client.lastWriteSeq = Math.max(client.lastWriteSeq, result.seq);
       this.complete(client, 'ok');
       if (this.healed) this.livenessWrite = true;
     }
@@ -854,6 +942,54 @@ class Simulation {
   }
 
   // ---------------------------------------------------------------- invariants
+
+  /**
+   * A local read returns the state of a committed prefix at least as new as its minSeq: the
+   * value the committed log gives the key at the appliedSeq the server reports.
+   */
+  private checkLocalRead(operation: ClientOperation, response: ClientResponse & { type: 'read' }): void {
+    if (this.ackQuorum === 0) return;
+    const request = operation.request as ClientRequest & { type: 'read' };
+    const minSeq = request.minSeq ?? 0;
+    if (response.appliedSeq < minSeq) violated(`a local read with minSeq ${minSeq} was served at appliedSeq ${response.appliedSeq}`);
+    this.extendCommittedState();
+    assert(response.appliedSeq <= this.committedState.appliedSeq, 'a server applied beyond the committed log');
+    const changes = this.committedChanges.get(request.key) ?? [];
+    let expected: { version: number; value: string } | undefined;
+    for (const change of changes) if (change.version <= response.appliedSeq) expected = change;
+    const got = response.item === undefined ? undefined : { version: response.item.version, value: textDecoder.decode(response.item.value) };
+    if (got?.version !== expected?.version || got?.value !== expected?.value) {
+      violated(`a local read of ${request.key} at appliedSeq ${response.appliedSeq} returned ${JSON.stringify(got)}, the committed log gives ${JSON.stringify(expected)}`);
+    }
+  }
+
+  /** Apply the committed log to a reference state machine, recording every key's changes. */
+  private extendCommittedState(): void {
+    const state = this.committedState;
+    while (state.appliedSeq < this.committed.length) {
+      const entry = this.committed[state.appliedSeq] as LogEntry;
+      state.apply([entry]);
+      if (entry.write.type !== 'put') continue;
+      const stored = state.get(entry.write.key);
+      if (stored?.version !== entry.seq) continue;
+      const list = this.committedChanges.get(entry.write.key) ?? [];
+      list.push({ version: entry.seq, value: textDecoder.decode(stored.value) });
+      this.committedChanges.set(entry.write.key, list);
+    }
+  }
+
+  /**
+   * One main per epoch assigns each seq once, so an (epoch, seq) names one entry cluster-wide
+   * (the log matching property every comparison of positions relies on). Checked on every append.
+   */
+  private checkEntriesUnique(node: ServerNode, entries: readonly LogEntry[]): void {
+    for (const entry of entries) {
+      const position = `${entry.epoch}:${entry.seq}`;
+      const known = this.entryAtPosition.get(position);
+      if (known === undefined) this.entryAtPosition.set(position, entry);
+      else if (!sameEntry(known, entry)) violated(`${node.id} logged ${describe(entry)}, but ${describe(known)} exists at the same epoch and seq`);
+    }
+  }
 
   /** Checked whenever a server tells a client a write succeeded. */
   private checkAcknowledgedWrite(node: ServerNode, response: ClientResponse & { type: 'write' }): void {
@@ -910,6 +1046,45 @@ class Simulation {
       }
       node.commitSeen = commit;
       if (!asynchronous) this.checkCommittedPrefix(node, core);
+    }
+    this.checkFailoverSafety();
+  }
+
+  /**
+   * Every committed entry survives every failover the fence rule allows, checked now rather than
+   * waiting for one: for each set of S − K + 1 complete standbys (the main excluded) the server the
+   * manager would appoint — the highest durable (lastEpoch, lastSeq) — holds the last committed
+   * entry (and so, by log matching, all before it). Raft's "figure 8" breaks this at once.
+   */
+  private checkFailoverSafety(): void {
+    const quorum = this.ackQuorum;
+    const committedLength = this.committed.length;
+    if (quorum === 0 || committedLength === 0) return;
+    const main = this.managerDurable.main ?? this.managerDurable.previousMain;
+    const stateKey = `${committedLength}|${main}|${this.servers.map((node) => node.disk.changes).join(',')}`;
+    if (stateKey === this.failoverSafetyCheckedFor) return;
+    this.failoverSafetyCheckedFor = stateKey;
+    const last = this.committed[committedLength - 1] as LogEntry;
+    const standbys = this.servers.filter((node) => node.id !== main);
+    const complete = standbys.filter((node) => !node.disk.durableMeta.incomplete && !node.disk.hasFlippedRecord);
+    const need = standbys.length - quorum + 1;
+    if (complete.length < need) return;
+    const position = (node: ServerNode): [number, number] => {
+      const log = node.disk.durableLog;
+      return [log[log.length - 1]?.epoch ?? 0, log.length];
+    };
+    const higher = (a: ServerNode, b: ServerNode): boolean => {
+      const [ea, sa] = position(a);
+      const [eb, sb] = position(b);
+      return ea > eb || (ea === eb && sa > sb);
+    };
+    for (const subset of subsetsOfSize(complete, need)) {
+      let chosen = subset[0] as ServerNode;
+      for (const node of subset) if (higher(node, chosen)) chosen = node;
+      const held = chosen.disk.durableLog[committedLength - 1];
+      if (held === undefined || !sameEntry(held, last)) {
+        violated(`a failover now could lose committed seq ${committedLength}: fence replies from ${subset.map((node) => node.id).join(', ')} would appoint ${chosen.id} at (${position(chosen).join(', ')}), which ${held === undefined ? 'lacks it' : `holds ${describe(held)}`}`);
+      }
     }
   }
 
@@ -1003,6 +1178,13 @@ function sameEntry(a: LogEntry, b: LogEntry): boolean {
 
 function entryWrites(entry: LogEntry, key: string, value: string): boolean {
   return entry.write.type === 'put' && entry.write.key === key && textDecoder.decode(entry.write.value) === value;
+}
+
+function subsetsOfSize<T>(items: readonly T[], size: number): T[][] {
+  if (size === 0) return [[]];
+  if (items.length < size) return [];
+  const [first, ...rest] = items as [T, ...T[]];
+  return [...subsetsOfSize(rest, size - 1).map((subset) => [first, ...subset]), ...subsetsOfSize(rest, size)];
 }
 
 function describeMessage(message: PeerMessage): string {

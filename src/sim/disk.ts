@@ -21,6 +21,8 @@ export interface CrashOutcome {
   survived: number;
   /** A record was cut in the middle by the crash (the recovery scan will drop it). */
   torn: boolean;
+  /** Unsynced operations lost. */
+  lost: number;
 }
 
 export interface Recovery {
@@ -37,6 +39,8 @@ export class SimDisk {
   private pending: PendingOperation[] = [];
   /** When the last issued operation completes; operations complete in order. */
   lastDoneAt = 0;
+  /** Counts changes of the durable state, so checkers can skip work when nothing changed. */
+  changes = 0;
   /** Records destroyed by a detected corruption, by seq: they were durable when acknowledged. */
   readonly lostToCorruption = new Map<number, LogEntry>();
   /** Index of a record whose checksum will fail at the next recovery scan, if any. */
@@ -54,6 +58,7 @@ export class SimDisk {
   }
 
   private applyDurably(operation: DiskOperation, entriesLimit = Infinity): void {
+    this.changes++;
     switch (operation.type) {
       case 'append': {
         let written = 0;
@@ -75,7 +80,7 @@ export class SimDisk {
 
   /** The process died: keep what is durable plus, by chance, a prefix of what was not. */
   crash(random: Random, survivalChance: number, tornChance: number): CrashOutcome {
-    const outcome: CrashOutcome = { survived: 0, torn: false };
+    const outcome: CrashOutcome = { survived: 0, torn: false, lost: 0 };
     if (this.pending.length > 0 && random.chance(survivalChance)) {
       const count = random.int(1, this.pending.length);
       for (let i = 0; i < count; i++) {
@@ -91,6 +96,7 @@ export class SimDisk {
         outcome.survived++;
       }
     }
+    outcome.lost = this.pending.length - outcome.survived;
     this.pending = [];
     this.lastDoneAt = 0;
     return outcome;
@@ -104,12 +110,14 @@ export class SimDisk {
   flipBit(random: Random): boolean {
     if (this.durableLog.length < 2) return false;
     this.flippedRecord = random.int(0, this.durableLog.length - 2);
+    this.changes++;
     return true;
   }
 
   /** The recovery scan at start: a checksum failure below the tail cuts the log and is reported. */
   recover(): Recovery {
     assert(this.pending.length === 0, 'recover runs after a crash or at first start');
+    this.changes++;
     let corruptionFound = false;
     if (this.flippedRecord !== undefined) {
       // What corruption destroyed was durable once: keep it for the checker (see lostToCorruption).

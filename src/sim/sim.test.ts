@@ -1,0 +1,64 @@
+// The simulator in CI: a time-bounded swarm of seeds must pass every check; a seed replays to
+// the same trace; and each planted protocol bug is caught within a bounded number of seeds,
+// which proves the checkers can fail.
+
+import assert from 'node:assert/strict';
+import { describe, it } from 'node:test';
+import type { PlantedBug } from '../core/bugs.ts';
+import { plantedBugs } from '../core/bugs.ts';
+import { runSimulation } from './cluster.ts';
+
+const swarmSeeds = Number(process.env.MAINSTAY_SIM_SEEDS ?? 1500);
+const swarmBudgetMs = 150_000;
+/** Seeds tried per planted bug before the test gives up: each is caught well below (see below). */
+const seedsPerBug = 2000;
+
+describe('simulator', () => {
+  it(`passes ${swarmSeeds} swarm seeds (stopping early after ${swarmBudgetMs / 1000} s)`, () => {
+    const started = performance.now();
+    let run = 0;
+    let failovers = 0;
+    let acknowledged = 0;
+    const kinds = new Set<string>();
+    for (let seed = 1; seed <= swarmSeeds; seed++) {
+      const result = runSimulation({ seed });
+      assert.equal(result.failure, undefined, `seed ${seed} failed: ${result.failure} (replay: npm run sim -- --seed ${seed} --verbose)`);
+      run++;
+      failovers += result.counters.failovers;
+      acknowledged += result.counters.writesAcknowledged;
+      kinds.add(`${result.servers}/${result.ackQuorum}`);
+      if (performance.now() - started > swarmBudgetMs) break;
+    }
+    assert.ok(run >= 100, `only ${run} seeds ran within the budget`);
+    // The swarm must really exercise the protocol, not pass by doing nothing.
+    assert.ok(failovers > run / 2, `too few failovers: ${failovers} in ${run} seeds`);
+    assert.ok(acknowledged > run * 20, `too few acknowledged writes: ${acknowledged} in ${run} seeds`);
+    assert.ok(kinds.size >= 8, `too few cluster shapes: ${[...kinds].join(' ')}`);
+  });
+
+  it('replays a seed to the same trace', () => {
+    for (const seed of [3, 17, 4242]) {
+      const first = runSimulation({ seed });
+      const second = runSimulation({ seed });
+      assert.equal(first.traceHash, second.traceHash, `seed ${seed} is not deterministic`);
+      assert.deepEqual(first.counters, second.counters);
+    }
+    assert.notEqual(runSimulation({ seed: 3 }).traceHash, runSimulation({ seed: 4 }).traceHash);
+  });
+
+  describe('catches every planted bug', () => {
+    for (const bug of plantedBugs) {
+      it(bug, () => {
+        const bugs = new Set<PlantedBug>([bug]);
+        for (let seed = 1; seed <= seedsPerBug; seed++) {
+          const result = runSimulation({ seed, bugs });
+          if (!result.ok) {
+            assert.match(result.failure ?? '', /InvariantViolation|AssertionError/);
+            return;
+          }
+        }
+        assert.fail(`the planted bug ${bug} went unnoticed for ${seedsPerBug} seeds`);
+      });
+    }
+  });
+});
