@@ -1,0 +1,72 @@
+import assert from 'node:assert/strict';
+import { describe, it } from 'node:test';
+import fc from 'fast-check';
+import type { AnyMessage } from './codec.ts';
+import { CodecError, decodeEntry, decodeMessage, encodeEntry, encodeMessage } from './codec.ts';
+import type { LogEntry, Operation, Write } from './types.ts';
+import { epoch, seq, serverId } from './types.ts';
+
+const key = fc.string({ maxLength: 12 });
+const value = fc.uint8Array({ maxLength: 40 });
+const version = fc.nat({ max: Number.MAX_SAFE_INTEGER });
+const operation: fc.Arbitrary<Operation> = fc.oneof(
+  fc.record({ type: fc.constant('put' as const), key, value }),
+  fc.record({ type: fc.constant('delete' as const), key }),
+);
+const write: fc.Arbitrary<Write> = fc.oneof(
+  fc.record({ type: fc.constant('put' as const), key, value, ifVersion: version, ifAbsent: fc.constant(true) }, { requiredKeys: ['type', 'key', 'value'] }),
+  fc.record({ type: fc.constant('delete' as const), key, ifVersion: version }, { requiredKeys: ['type', 'key'] }),
+  fc.record({ type: fc.constant('txn' as const), compares: fc.array(fc.record({ key, version })), success: fc.array(operation), failure: fc.array(operation) }),
+  fc.constant({ type: 'epochStart' as const }),
+);
+const entry: fc.Arbitrary<LogEntry> = fc.record({
+  epoch: fc.nat({ max: 0xffffffff }).map(epoch),
+  seq: version.map(seq),
+  write,
+  session: fc.record({ clientId: fc.string(), requestId: version }),
+}, { requiredKeys: ['epoch', 'seq', 'write'] });
+const id = fc.stringMatching(/^s[0-9]{1,3}$/).map(serverId);
+const u32 = fc.nat({ max: 0xffffffff });
+
+const message: fc.Arbitrary<AnyMessage> = fc.oneof(
+  fc.record({ type: fc.constant('append' as const), epoch: u32.map(epoch), generation: version, prevSeq: version.map(seq), prevEpoch: u32.map(epoch), entries: fc.array(entry, { maxLength: 4 }), commitSeq: version.map(seq), ackQuorum: u32 }),
+  fc.record({ type: fc.constant('heartbeat' as const), epoch: u32.map(epoch), commitSeq: version.map(seq), epochStartSeq: version.map(seq), readRound: version, forBootId: version, lastSeq: version.map(seq), ackQuorum: u32 }),
+  fc.record({ type: fc.constant('epochEnd' as const), epoch: u32.map(epoch), generation: version, forEpoch: u32.map(epoch), endSeq: version.map(seq), answersLastEpoch: u32.map(epoch), answersLastSeq: version.map(seq) }),
+  fc.record({ type: fc.constant('appendReply' as const), epoch: u32.map(epoch), bootId: version, generation: version, ok: fc.boolean(), reason: fc.constantFrom('mismatch' as const, 'staleEpoch' as const), ackSeq: version.map(seq), lastEpoch: u32.map(epoch), lastSeq: version.map(seq), readRound: version }, { requiredKeys: ['type', 'epoch', 'bootId', 'generation', 'ok', 'ackSeq', 'lastEpoch', 'lastSeq', 'readRound'] }),
+  fc.constant({ type: 'ping' as const }),
+  fc.record({ type: fc.constant('status' as const), bootId: version, promisedEpoch: u32.map(epoch), role: fc.constantFrom('main' as const, 'standby' as const), lastEpoch: u32.map(epoch), lastSeq: version.map(seq), commitSeq: version.map(seq), appliedSeq: version.map(seq), incomplete: fc.boolean(), contacts: fc.array(id), standbysInContact: u32, mapVersion: version }),
+  fc.record({ type: fc.constant('fenceReply' as const), epoch: u32.map(epoch), lastEpoch: u32.map(epoch), lastSeq: version.map(seq), incomplete: fc.boolean() }),
+  fc.record({ type: fc.constant('map' as const), map: fc.record({ version, epoch: u32.map(epoch), main: fc.option(id, { nil: null }), ackQuorum: u32, members: fc.array(fc.record({ id, role: fc.constantFrom('standby' as const, 'learner' as const), priority: u32, address: fc.string() })) }) }),
+  fc.record({ type: fc.constant('fence' as const), epoch: u32.map(epoch) }),
+);
+
+describe('codec', () => {
+  it('round-trips every log entry', () => {
+    fc.assert(fc.property(entry, (original) => {
+      assert.deepEqual(decodeEntry(encodeEntry(original)), structuredClone(original));
+    }), { numRuns: 2000 });
+  });
+
+  it('round-trips every message', () => {
+    fc.assert(fc.property(message, (original) => {
+      assert.deepEqual(decodeMessage(encodeMessage(original)), structuredClone(original));
+    }), { numRuns: 3000 });
+  });
+
+  it('rejects truncated and padded input with a CodecError, never garbage', () => {
+    fc.assert(fc.property(message, fc.nat(), (original, cut) => {
+      const bytes = encodeMessage(original);
+      if (bytes.length > 1) {
+        const truncated = bytes.subarray(0, cut % bytes.length);
+        assert.throws(() => decodeMessage(truncated), CodecError);
+      }
+      const padded = new Uint8Array(bytes.length + 1);
+      padded.set(bytes);
+      assert.throws(() => decodeMessage(padded), CodecError);
+    }), { numRuns: 1000 });
+  });
+
+  it('rejects unknown tags', () => {
+    assert.throws(() => decodeMessage(new Uint8Array([99])), /Unknown message tag 99/);
+  });
+});
