@@ -5,11 +5,15 @@
 // complete log. It persists its own state before announcing anything.
 
 import { assert } from '../lib/assert.ts';
-import type { ClusterMap, FenceReply, ManagerToServer, Member, StatusMessage } from '../protocol/messages.ts';
+import type { ClusterMap, FenceReply, ManagerToServer, Member, StatusMessage, SwitchoverReady } from '../protocol/messages.ts';
 import type { Epoch, ServerId } from '../protocol/types.ts';
 import { comparePosition, epoch } from '../protocol/types.ts';
 import type { PlantedBugs } from './bugs.ts';
 import { noBugs } from './bugs.ts';
+
+export type SwitchoverResult =
+  | { accepted: true; target: ServerId; message: string }
+  | { accepted: false; message: string };
 
 export interface ManagerTimings {
   /** How often the map is re-sent to every server, and fences to those that did not answer. */
@@ -18,12 +22,15 @@ export interface ManagerTimings {
   failoverAfterMs: number;
   /** A status older than this is not fresh. */
   statusFreshMs: number;
+  /** How long a planned switchover may keep writes paused before it is abandoned. */
+  switchoverPauseMs: number;
 }
 
 export const defaultManagerTimings: ManagerTimings = {
   heartbeatMs: 100,
   failoverAfterMs: 1000,
   statusFreshMs: 1000,
+  switchoverPauseMs: 2000,
 };
 
 /** What the manager persists (fsync) before it announces it. */
@@ -39,6 +46,8 @@ export interface ManagerState {
   phase: 'stable' | 'fencing';
   /** Why the failover in progress started. */
   reason: string;
+  /** A planned switchover's target: preferred over equally complete candidates. */
+  preferredMain: ServerId | null;
 }
 
 export type ManagerEffect =
@@ -50,7 +59,9 @@ export type ManagerEffect =
 export type ManagerEvent =
   | { type: 'failoverStarted'; epoch: Epoch; reason: string }
   | { type: 'fenceQuorumWait'; epoch: Epoch; have: number; need: number }
-  | { type: 'appointed'; epoch: Epoch; main: ServerId; reason: string; tookMs: number };
+  | { type: 'appointed'; epoch: Epoch; main: ServerId; reason: string; tookMs: number }
+  | { type: 'switchoverRequested'; target: ServerId }
+  | { type: 'switchoverAbandoned'; target: ServerId };
 
 export interface ManagerConfig {
   timings: ManagerTimings;
@@ -69,7 +80,7 @@ export function initialManagerState(members: Member[], ackQuorum: number): Manag
   assert(new Set(members.map((member) => member.id)).size === members.length, 'server ids must be unique');
   const standbys = members.filter((member) => member.role === 'standby').length;
   assert(ackQuorum >= 0 && ackQuorum <= Math.max(0, standbys - 1), `ackQuorum ${ackQuorum} needs at least ${ackQuorum + 1} standby-role servers`);
-  return { epoch: epoch(0), main: null, previousMain: null, members, ackQuorum, mapVersion: 0, phase: 'stable', reason: '' };
+  return { epoch: epoch(0), main: null, previousMain: null, members, ackQuorum, mapVersion: 0, phase: 'stable', reason: '', preferredMain: null };
 }
 
 export class ManagerCore {
@@ -93,6 +104,8 @@ export class ManagerCore {
   /** Since when the main has reported fewer than K standbys in contact. */
   private mainIsolatedSinceMs: number | undefined;
   private lastWaitReport = '';
+  /** A planned switchover waiting for the main to be ready (not persisted: the main times out). */
+  private switchover: { target: ServerId; untilMs: number } | undefined;
   private now: number;
   private out: ManagerEffect[] = [];
 
@@ -112,6 +125,10 @@ export class ManagerCore {
 
   tick(now: number): ManagerEffect[] {
     this.begin(now);
+    if (this.switchover !== undefined && now >= this.switchover.untilMs) {
+      this.event('warn', `The switchover to ${this.switchover.target} was abandoned: the main did not report it ready in time`, { type: 'switchoverAbandoned', target: this.switchover.target });
+      this.switchover = undefined;
+    }
     if (this.state.phase === 'fencing') {
       if (this.fencesSent && now - this.lastBroadcastMs >= this.config.timings.heartbeatMs) {
         this.lastBroadcastMs = now;
@@ -159,6 +176,60 @@ export class ManagerCore {
       this.broadcast();
     }
     return this.end();
+  }
+
+  /** The main paused writes and the switchover target holds its whole log: fence and appoint. */
+  onSwitchoverReady(now: number, from: ServerId, ready: SwitchoverReady): ManagerEffect[] {
+    this.begin(now);
+    const switchover = this.switchover;
+    if (switchover !== undefined && this.state.phase === 'stable' && from === this.state.main
+      && ready.epoch === this.state.epoch && ready.target === switchover.target) {
+      this.switchover = undefined;
+      this.startFailover(`planned switchover from ${from} to ${switchover.target}`, switchover.target);
+    }
+    return this.end();
+  }
+
+  /**
+   * An operator asks to move the main role, to `target` or to the best candidate. Refused unless
+   * the cluster is stable, the main is acting, and the target is a fresh, complete standby.
+   */
+  requestSwitchover(now: number, target?: ServerId): { result: SwitchoverResult; effects: ManagerEffect[] } {
+    this.begin(now);
+    const result = this.startSwitchover(target);
+    return { result, effects: this.end() };
+  }
+
+  private startSwitchover(requested: ServerId | undefined): SwitchoverResult {
+    const main = this.state.main;
+    if (this.state.phase !== 'stable' || main === null) return { accepted: false, message: 'A failover is in progress; try again when a main is appointed' };
+    if (this.switchover !== undefined) return { accepted: false, message: `A switchover to ${this.switchover.target} is already in progress` };
+    const mainStatus = this.fresh(main);
+    if (mainStatus?.role !== 'main') return { accepted: false, message: `The main ${main} is not reporting as main; a failover will handle it` };
+    const eligible = this.standbys(main).filter((member) => {
+      const status = this.fresh(member.id);
+      return status !== undefined && !status.incomplete;
+    });
+    let target: Member | undefined;
+    if (requested !== undefined) {
+      if (requested === main) return { accepted: false, message: `${requested} is already the main` };
+      const member = this.member(requested);
+      if (member === undefined) return { accepted: false, message: `No server ${requested} in the cluster` };
+      if (member.role !== 'standby') return { accepted: false, message: `${requested} is a ${member.role}, not a standby` };
+      target = eligible.find((candidate) => candidate.id === requested);
+      if (target === undefined) return { accepted: false, message: `${requested} is not reporting, or its log is incomplete` };
+    } else {
+      target = [...eligible].sort((a, b) => {
+        const byLog = comparePosition(this.fresh(b.id) as StatusMessage, this.fresh(a.id) as StatusMessage);
+        return byLog !== 0 ? byLog : b.priority - a.priority || (a.id < b.id ? -1 : 1);
+      })[0];
+      if (target === undefined) return { accepted: false, message: 'No standby is reporting with a complete log' };
+    }
+    const pauseMs = this.config.timings.switchoverPauseMs;
+    this.switchover = { target: target.id, untilMs: this.now + pauseMs };
+    this.out.push({ kind: 'send', to: main, message: { type: 'switchover', epoch: this.state.epoch, target: target.id, pauseMs } });
+    this.event('info', `Switchover from ${main} to ${target.id} requested: the main pauses writes until ${target.id} has caught up`, { type: 'switchoverRequested', target: target.id });
+    return { accepted: true, target: target.id, message: `Switching the main role from ${main} to ${target.id}` };
   }
 
   /** Begin after a restart or at first start: announce the durable map or resume fencing. */
@@ -310,15 +381,16 @@ export class ManagerCore {
 
   // ---------------------------------------------------------------- fenced failover
 
-  private startFailover(reason: string): void {
+  private startFailover(reason: string, preferredMain: ServerId | null = null): void {
     assert(this.state.phase === 'stable', 'a failover is already in progress');
+    this.switchover = undefined;
     const next = epoch(this.state.epoch + 1);
     this.fenceReplies.clear();
     this.fencesSent = false;
     this.failoverStartedMs = this.now;
     this.lastWaitReport = '';
     this.announced = undefined;
-    this.persist({ ...this.state, epoch: next, previousMain: this.state.main, main: null, phase: 'fencing', reason }, 'sendFences');
+    this.persist({ ...this.state, epoch: next, previousMain: this.state.main, main: null, phase: 'fencing', reason, preferredMain }, 'sendFences');
     this.event('warn', `Failover to epoch ${next} started: ${reason}`, { type: 'failoverStarted', epoch: next, reason });
   }
 
@@ -363,20 +435,23 @@ export class ManagerCore {
     }
     const best = this.chooseMain(candidates);
     const tookMs = this.now - this.failoverStartedMs;
+    const reason = this.state.reason;
     this.appointedMs = this.now;
     this.mainBootId = undefined;
     this.mainIsolatedSinceMs = undefined;
-    this.persist({ ...this.state, main: best.id, previousMain: null, phase: 'stable', mapVersion: this.state.mapVersion + 1, reason: '' }, 'broadcastMap');
-    this.event('info', `Appointed ${best.id} main of epoch ${this.state.epoch} after ${tookMs} ms (${this.state.reason})`,
-      { type: 'appointed', epoch: this.state.epoch, main: best.id, reason: this.state.reason, tookMs });
+    this.persist({ ...this.state, main: best.id, previousMain: null, phase: 'stable', mapVersion: this.state.mapVersion + 1, reason: '', preferredMain: null }, 'broadcastMap');
+    this.event('info', `Appointed ${best.id} main of epoch ${this.state.epoch} after ${tookMs} ms (${reason})`,
+      { type: 'appointed', epoch: this.state.epoch, main: best.id, reason, tookMs });
   }
 
-  /** The latest and most complete log wins; then priority; then the lowest id. */
+  /** The latest and most complete log wins; then a switchover's target; then priority; then the lowest id. */
   private chooseMain(candidates: Member[]): Member {
     const sign = this.bugs.has('chooseLowestLog') ? -1 : 1;
+    const preferred = this.state.preferredMain;
     const sorted = [...candidates].sort((a, b) => {
       const byLog = comparePosition(this.fenceReplies.get(b.id) as FenceReply, this.fenceReplies.get(a.id) as FenceReply) * sign;
       if (byLog !== 0) return byLog;
+      if ((a.id === preferred) !== (b.id === preferred)) return a.id === preferred ? -1 : 1;
       if (a.priority !== b.priority) return b.priority - a.priority;
       return a.id < b.id ? -1 : a.id > b.id ? 1 : 0;
     });

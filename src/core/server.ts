@@ -93,7 +93,7 @@ export type ServerEffect =
 /** What a server reports about itself, for logs, counters and the dashboard's timeline. */
 export type ServerEventCode =
   | 'becameMain' | 'steppedDown' | 'refusedMain' | 'truncated' | 'repaired' | 'stateRebuilt'
-  | 'committedLost' | 'duplicateAbsorbed' | 'staleMessage';
+  | 'committedLost' | 'duplicateAbsorbed' | 'staleMessage' | 'switchoverStarted' | 'switchoverAborted';
 
 export interface IncomingRequest {
   requestId: number;
@@ -187,6 +187,8 @@ export class ServerCore {
   private readRound = 0;
   private readRoundWanted = false;
   private unsentFrom: Seq = seq(1);
+  /** Planned switchover in progress: writes are refused until `untilMs` or the fence. */
+  private switchover: { target: ServerId; untilMs: number; readySent: boolean } | undefined;
 
   private now = 0;
   private lastTickMs = -Infinity;
@@ -222,15 +224,22 @@ export class ServerCore {
         if (member.id !== this.id) this.send(member.id, { type: 'ping' });
       }
       if (this.role === 'main') this.mainHeartbeat();
+      // Say it again every heartbeat until fenced, in case the message was lost.
+      if (this.switchover !== undefined) this.switchover.readySent = false;
     }
     this.expireRequests();
+    if (this.switchover !== undefined && now >= this.switchover.untilMs) {
+      this.event('warn', 'switchoverAborted', `The switchover to ${this.switchover.target} did not complete in time; taking writes again`);
+      this.switchover = undefined;
+    }
     return this.end();
   }
 
   onManagerMessage(now: number, message: ManagerToServer): ServerEffect[] {
     this.begin(now);
     if (message.type === 'map') this.onMap(message.map);
-    else this.onFence(message.epoch);
+    else if (message.type === 'fence') this.onFence(message.epoch);
+    else this.onSwitchover(message.target, message.epoch, message.pauseMs);
     return this.end();
   }
 
@@ -341,6 +350,7 @@ export class ServerCore {
     if (this.role === 'main') {
       this.flushNewEntries();
       this.startReadRound();
+      this.maybeSwitchoverReady();
     }
     const effects = this.out;
     this.out = [];
@@ -510,6 +520,7 @@ export class ServerCore {
   private stepDown(reason: string): void {
     assert(this.role === 'main', 'only a main steps down');
     this.role = 'standby';
+    this.switchover = undefined;
     this.event('warn', 'steppedDown', `Stopped acting as main of epoch ${this.promisedEpoch}: ${reason}`);
     for (const pending of this.pendingWrites.values()) {
       this.reply(pending.requestId, errorResponse('UNAVAILABLE', 'The main lost its role; the write may still commit', false));
@@ -521,6 +532,28 @@ export class ServerCore {
     }
     this.pendingReads = this.pendingReads.filter((read) => read.request.consistency !== 'linearizable');
     this.peers.clear();
+  }
+
+  // ---------------------------------------------------------------- planned switchover
+
+  private onSwitchover(target: ServerId, switchoverEpoch: Epoch, pauseMs: number): void {
+    if (this.role !== 'main' || switchoverEpoch !== this.promisedEpoch || !this.peers.has(target)) return;
+    if (this.switchover?.target !== target) {
+      this.event('info', 'switchoverStarted', `Switchover to ${target}: writes paused until it holds the whole log`);
+    }
+    this.switchover = { target, untilMs: this.now + pauseMs, readySent: false };
+    this.sendEntries(this.peers.get(target) as Peer);
+  }
+
+  /** Ready once every entry is committed and durable on the target (resent until fenced). */
+  private maybeSwitchoverReady(): void {
+    const switchover = this.switchover;
+    if (switchover === undefined || this.role !== 'main') return;
+    const target = this.peers.get(switchover.target);
+    if (target === undefined || target.matchSeq < this.log.lastSeq || this.commitSeq < this.log.lastSeq) return;
+    if (switchover.readySent) return;
+    switchover.readySent = true;
+    this.out.push({ kind: 'sendManager', message: { type: 'switchoverReady', epoch: this.promisedEpoch, target: switchover.target, lastSeq: this.log.lastSeq } });
   }
 
   // ---------------------------------------------------------------- standby side
@@ -705,6 +738,10 @@ export class ServerCore {
     }
     if (write.type === 'epochStart') {
       this.reply(requestId, errorResponse('BAD_REQUEST', 'Clients cannot write epoch-start entries', true));
+      return;
+    }
+    if (this.switchover !== undefined) {
+      this.reply(requestId, errorResponse('UNAVAILABLE', `A switchover to ${this.switchover.target} is in progress; retry shortly`, true));
       return;
     }
     if (session !== undefined) {

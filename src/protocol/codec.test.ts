@@ -36,8 +36,10 @@ const message: fc.Arbitrary<AnyMessage> = fc.oneof(
   fc.constant({ type: 'ping' as const }),
   fc.record({ type: fc.constant('status' as const), bootId: version, promisedEpoch: u32.map(epoch), role: fc.constantFrom('main' as const, 'standby' as const), lastEpoch: u32.map(epoch), lastSeq: version.map(seq), commitSeq: version.map(seq), appliedSeq: version.map(seq), incomplete: fc.boolean(), contacts: fc.array(id), standbysInContact: u32, mapVersion: version }),
   fc.record({ type: fc.constant('fenceReply' as const), epoch: u32.map(epoch), lastEpoch: u32.map(epoch), lastSeq: version.map(seq), incomplete: fc.boolean() }),
-  fc.record({ type: fc.constant('map' as const), map: fc.record({ version, epoch: u32.map(epoch), main: fc.option(id, { nil: null }), ackQuorum: u32, members: fc.array(fc.record({ id, role: fc.constantFrom('standby' as const, 'learner' as const), priority: u32, address: fc.string() })) }) }),
+  fc.record({ type: fc.constant('map' as const), map: fc.record({ version, epoch: u32.map(epoch), main: fc.option(id, { nil: null }), ackQuorum: u32, members: fc.array(fc.record({ id, role: fc.constantFrom('standby' as const, 'learner' as const), priority: u32, address: fc.string(), peerAddress: fc.string() })) }) }),
   fc.record({ type: fc.constant('fence' as const), epoch: u32.map(epoch) }),
+  fc.record({ type: fc.constant('switchover' as const), epoch: u32.map(epoch), target: id, pauseMs: u32 }),
+  fc.record({ type: fc.constant('switchoverReady' as const), epoch: u32.map(epoch), target: id, lastSeq: version.map(seq) }),
 );
 
 describe('codec', () => {

@@ -253,8 +253,8 @@ export function decodeEntry(bytes: Uint8Array): LogEntry {
 
 const enum MessageTag {
   Append = 1, Heartbeat = 2, EpochEnd = 3, AppendReply = 4, Ping = 5,
-  Status = 10, FenceReply = 11,
-  Map = 20, Fence = 21,
+  Status = 10, FenceReply = 11, SwitchoverReady = 12,
+  Map = 20, Fence = 21, Switchover = 22,
 }
 
 const enum ReplyReason { None = 0, Mismatch = 1, StaleEpoch = 2 }
@@ -273,7 +273,7 @@ function readIds(reader: Reader): ReturnType<typeof serverId>[] {
 function writeMap(writer: Writer, map: ClusterMap): void {
   writer.u53(map.version).u32(map.epoch).string(map.main ?? '').u32(map.ackQuorum).u32(map.members.length);
   for (const member of map.members) {
-    writer.string(member.id).u8(member.role === 'standby' ? 0 : 1).u32(member.priority).string(member.address);
+    writer.string(member.id).u8(member.role === 'standby' ? 0 : 1).u32(member.priority).string(member.address).string(member.peerAddress);
   }
 }
 
@@ -286,7 +286,7 @@ function readMap(reader: Reader): ClusterMap {
   for (let i = reader.u32(); i > 0; i--) {
     const id = serverId(reader.string());
     const role = reader.u8() === 0 ? 'standby' : 'learner';
-    members.push({ id, role, priority: reader.u32(), address: reader.string() });
+    members.push({ id, role, priority: reader.u32(), address: reader.string(), peerAddress: reader.string() });
   }
   return { version, epoch: mapEpoch, main: main === '' ? null : serverId(main), members, ackQuorum };
 }
@@ -333,6 +333,12 @@ export function encodeMessage(message: AnyMessage): Uint8Array {
       break;
     case 'fence':
       writer.u8(MessageTag.Fence).u32(message.epoch);
+      break;
+    case 'switchover':
+      writer.u8(MessageTag.Switchover).u32(message.epoch).string(message.target).u32(message.pauseMs);
+      break;
+    case 'switchoverReady':
+      writer.u8(MessageTag.SwitchoverReady).u32(message.epoch).string(message.target).u53(message.lastSeq);
       break;
   }
   return writer.finish();
@@ -396,6 +402,10 @@ function readMessage(reader: Reader): AnyMessage {
       return { type: 'map', map: readMap(reader) };
     case MessageTag.Fence:
       return { type: 'fence', epoch: epoch(reader.u32()) };
+    case MessageTag.Switchover:
+      return { type: 'switchover', epoch: epoch(reader.u32()), target: serverId(reader.string()), pauseMs: reader.u32() };
+    case MessageTag.SwitchoverReady:
+      return { type: 'switchoverReady', epoch: epoch(reader.u32()), target: serverId(reader.string()), lastSeq: seq(reader.u53()) };
     default:
       throw new CodecError(`Unknown message tag ${tag}`);
   }

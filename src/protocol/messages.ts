@@ -11,8 +11,10 @@ export interface Member {
   role: MemberRole;
   /** Failover tie-break: higher wins among equally complete candidates. */
   priority: number;
-  /** Where clients reach this server (opaque to the core; used for NOT_MAIN redirects). */
+  /** Where clients reach this server: its HTTP base URL (opaque to the core; for NOT_MAIN redirects). */
   address: string;
+  /** Where servers and the manager reach this server: host:port of its peer (TCP) listener. */
+  peerAddress: string;
 }
 
 /** What the manager derives and sends to every server (SPEC.md section 2). */
@@ -135,7 +137,15 @@ export interface FenceReply {
   incomplete: boolean;
 }
 
-export type ServerToManager = StatusMessage | FenceReply;
+/** The main paused writes for a switchover and `target` holds its whole log, all committed. */
+export interface SwitchoverReady {
+  type: 'switchoverReady';
+  epoch: Epoch;
+  target: ServerId;
+  lastSeq: Seq;
+}
+
+export type ServerToManager = StatusMessage | FenceReply | SwitchoverReady;
 
 // ---- manager → server ----
 
@@ -149,4 +159,13 @@ export interface FenceMessage {
   epoch: Epoch;
 }
 
-export type ManagerToServer = MapMessage | FenceMessage;
+/** Planned switchover: the main of `epoch` stops taking writes until `target` has caught up. */
+export interface SwitchoverMessage {
+  type: 'switchover';
+  epoch: Epoch;
+  target: ServerId;
+  /** How long the main keeps writes paused before it gives up and resumes. */
+  pauseMs: number;
+}
+
+export type ManagerToServer = MapMessage | FenceMessage | SwitchoverMessage;

@@ -70,6 +70,8 @@ export type ErrorCode =
   | 'NOT_FOUND'
   | 'UNAVAILABLE'
   | 'BAD_REQUEST'
+  /** HTTP only: the route exists but not with this method (405, with an Allow header). */
+  | 'METHOD_NOT_ALLOWED'
   | 'TOO_LARGE'
   | 'OVERLOADED';
 

@@ -49,6 +49,8 @@ export interface SimCounters {
   managerPauses: number;
   localReadsOk: number;
   failovers: number;
+  switchoversRequested: number;
+  switchoversCompleted: number;
   fenceQuorumWaits: number;
   truncations: number;
   duplicatesAbsorbed: number;
@@ -75,7 +77,7 @@ export function emptyCounters(): SimCounters {
   return {
     events: 0, messagesSent: 0, messagesDropped: 0, messagesDuplicated: 0, partitions: 0, oneWayPartitions: 0, clogs: 0,
     serverCrashes: 0, newMainsCrashed: 0, newMainsIsolated: 0, serverPauses: 0, managerCrashes: 0, unsyncedWritesLost: 0, tornRecordsRecovered: 0,
-    bitFlipsDetected: 0, incompleteRepaired: 0, managerPauses: 0, localReadsOk: 0, failovers: 0, fenceQuorumWaits: 0, truncations: 0, duplicatesAbsorbed: 0,
+    bitFlipsDetected: 0, incompleteRepaired: 0, managerPauses: 0, localReadsOk: 0, failovers: 0, switchoversRequested: 0, switchoversCompleted: 0, fenceQuorumWaits: 0, truncations: 0, duplicatesAbsorbed: 0,
     writesAcknowledged: 0, readsOk: 0, casOk: 0, operationsUnknown: 0, clientRetries: 0,
   };
 }
@@ -132,8 +134,8 @@ interface FaultProfile {
   killNewMainChance: number;
 }
 
-type NemesisKind = 'crash' | 'pause' | 'crashManager' | 'pauseManager' | 'isolate' | 'isolateMain' | 'mainFromManager' | 'split' | 'oneWay' | 'clog';
-const nemesisKinds: NemesisKind[] = ['crash', 'pause', 'crashManager', 'pauseManager', 'isolate', 'isolateMain', 'mainFromManager', 'split', 'oneWay', 'clog'];
+type NemesisKind = 'switchover' | 'crash' | 'pause' | 'crashManager' | 'pauseManager' | 'isolate' | 'isolateMain' | 'mainFromManager' | 'split' | 'oneWay' | 'clog';
+const nemesisKinds: NemesisKind[] = ['switchover', 'crash', 'pause', 'crashManager', 'pauseManager', 'isolate', 'isolateMain', 'mainFromManager', 'split', 'oneWay', 'clog'];
 
 interface ServerNode {
   id: ServerId;
@@ -235,7 +237,7 @@ class Simulation {
     const serverCount = random.int(2, 5);
     this.members = [];
     for (let i = 1; i <= serverCount; i++) {
-      this.members.push({ id: serverId(`s${i}`), role: 'standby', priority: 0, address: `sim://s${i}` });
+      this.members.push({ id: serverId(`s${i}`), role: 'standby', priority: 0, address: `sim://s${i}`, peerAddress: `sim:s${i}` });
     }
     this.ackQuorum = random.int(0, serverCount - 1);
     const delayMaxMs = random.pick([2, 10, 40]);
@@ -546,6 +548,7 @@ class Simulation {
         }
         case 'event':
           if (effect.event?.type === 'appointed' && effect.event.epoch > 1) this.counters.failovers++;
+          if (effect.event?.type === 'appointed' && effect.event.reason.startsWith('planned switchover')) this.counters.switchoversCompleted++;
           if (effect.event?.type === 'appointed' && !this.healed && this.random.chance(this.profile.killNewMainChance)) {
             if (this.random.chance(0.5)) {
               this.schedule(this.random.int(1, 60), { type: 'crashNewMain', node: effect.event.main });
@@ -590,9 +593,10 @@ class Simulation {
         return;
       }
       if (payload.message.type === 'fenceReply') this.log(`manager <- ${from}: fence reply ${JSON.stringify(payload.message)}`);
-      const effects = payload.message.type === 'status'
-        ? this.manager.onStatus(this.now, serverId(from), payload.message)
-        : this.manager.onFenceReply(this.now, serverId(from), payload.message);
+      const message = payload.message;
+      const effects = message.type === 'status' ? this.manager.onStatus(this.now, serverId(from), message)
+        : message.type === 'fenceReply' ? this.manager.onFenceReply(this.now, serverId(from), message)
+          : this.manager.onSwitchoverReady(this.now, serverId(from), message);
       this.runManagerEffects(effects);
       return;
     }
@@ -669,6 +673,15 @@ class Simulation {
         this.counters.serverPauses++;
         this.log(`${node.id} paused`);
         this.schedule(duration, { type: 'resume', node: node.id });
+        return;
+      }
+      case 'switchover': {
+        if (this.manager === undefined || this.managerPaused) return;
+        const target = random.chance(0.5) ? random.pick(this.servers).id : undefined;
+        const { result, effects } = this.manager.requestSwitchover(this.now, target);
+        this.log(`switchover requested${target === undefined ? '' : ` to ${target}`}: ${result.message}`);
+        if (result.accepted) this.counters.switchoversRequested++;
+        this.runManagerEffects(effects);
         return;
       }
       case 'pauseManager':
