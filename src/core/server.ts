@@ -609,8 +609,9 @@ export class ServerCore {
     const applied = this.kv.appliedSeq;
     if (this.ackQuorum === 0 && applied > this.matchedSeq && applied > message.lastSeq) {
       // The state holds entries beyond the main's whole log (lost in a K = 0 failover). Heartbeats
-      // may arrive late, so at worst this rebuilds a state that was fine: never unsafe.
-      this.truncateLog(seq(Math.min(this.log.lastSeq, message.lastSeq)), `the state applied seq ${this.kv.appliedSeq}, beyond the main's last seq ${message.lastSeq}`);
+      // may arrive late, so at worst this rebuilds a state that was fine. The log is left alone:
+      // its entries up to matchedSeq are the main's, and a divergent tail is cut by the append path.
+      this.stateDiverged(`the state applied seq ${applied}, beyond the main's last seq ${message.lastSeq}`);
     }
     this.learnCommit(message.commitSeq);
     this.maybeRepaired(message);

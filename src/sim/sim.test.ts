@@ -36,6 +36,17 @@ describe('simulator', () => {
     assert.ok(kinds.size >= 8, `too few cluster shapes: ${[...kinds].join(' ')}`);
   });
 
+  it('passes the pinned regression seeds', () => {
+    // Each reproduced a bug once (see the commit that added it); they must keep passing.
+    const regressionSeeds = [
+      4761, // K = 0: a stale heartbeat made a standby cut an entry it had acknowledged
+    ];
+    for (const seed of regressionSeeds) {
+      const result = runSimulation({ seed });
+      assert.equal(result.failure, undefined, `regression seed ${seed}: ${result.failure}`);
+    }
+  });
+
   it('replays a seed to the same trace', () => {
     for (const seed of [3, 17, 4242]) {
       const first = runSimulation({ seed });
