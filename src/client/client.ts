@@ -1,0 +1,713 @@
+// The client library (`import { connect } from 'mainstay'`). It owns finding the main (asking the
+// endpoints for the cluster map, following 421 NOT_MAIN answers, remembering the main), retrying
+// exactly-once (every write carries a client session; a retry repeats the same request id, so the
+// server applies it at most once), and turning HTTP answers into values and typed errors. It
+// speaks the HTTP contract of SPEC.md section 9 as src/server/http-api.ts implements it.
+//
+// Sessions: the server remembers one request per client id ("one request at a time per client").
+// So that an application may run writes concurrently, the client keeps a small pool of session
+// ids — the client id itself, then `<clientId>.1`, `<clientId>.2` … — and never has two writes in
+// flight under one of them. Request ids start at the clock reading in microseconds and grow by
+// one per write, so they keep increasing when a process restarts with the same client id.
+
+import { randomUUID } from 'node:crypto';
+import { setTimeout as sleep } from 'node:timers/promises';
+import type { Consistency, ErrorCode } from '../protocol/types.ts';
+
+// ---------------------------------------------------------------- public types
+
+export interface ConnectOptions {
+  /** Manager or server base URLs, such as "http://127.0.0.1:7000". Any of them can name the main. */
+  endpoints: string[];
+  /** Names this client's sessions; random unless given. 1–120 visible ASCII characters. */
+  clientId?: string;
+  /** Deadline of one operation, retries included (default 15 000). */
+  timeoutMs?: number;
+  /** Deadline of one HTTP attempt (default 6 000, and never beyond the operation's deadline). */
+  attemptTimeoutMs?: number;
+  /** Most retries of one operation after its first attempt (default 10). */
+  retries?: number;
+  /** First pause between attempts; it doubles up to backoffMsMax, with jitter (default 25). */
+  backoffMsMin?: number;
+  /** Longest pause between attempts (default 1 000). */
+  backoffMsMax?: number;
+  /** Most writes in flight at once; more wait for a free session (default 64). */
+  concurrentWritesMax?: number;
+  /** The fetch to use (default: the global fetch). */
+  fetch?: typeof fetch;
+}
+
+export interface PutOptions {
+  /** Only if the key's version is this (0 = only if absent). */
+  ifVersion?: number;
+  /** Only if the key is absent. */
+  ifAbsent?: boolean;
+}
+
+export interface DeleteOptions {
+  ifVersion?: number;
+}
+
+export interface ReadOptions {
+  /** `linearizable` (default) reads on the main; `local` reads the applied state of the server asked. */
+  consistency?: Consistency;
+  /** With `local`: wait until the server applied this seq (read-your-writes; use a write's seq). */
+  minSeq?: number;
+}
+
+export interface ListOptions extends ReadOptions {
+  /** Most keys to return (default and maximum: the server's listLimitMax, 1000). */
+  limit?: number;
+}
+
+export interface PutResult {
+  seq: number;
+  epoch: number;
+  /** The key's new version (the seq of this write). */
+  version: number;
+}
+
+export interface DeleteResult {
+  seq: number;
+  epoch: number;
+}
+
+export interface TxnResult {
+  seq: number;
+  epoch: number;
+  /** true if every compare held and `success` ran; false if `failure` ran. */
+  succeeded: boolean;
+}
+
+export interface Item {
+  key: string;
+  value: Uint8Array;
+  version: number;
+  /** The value decoded as UTF-8 (invalid bytes become U+FFFD). */
+  text(): string;
+  /** The wire form: the value as a string when it is valid UTF-8, as base64 otherwise. */
+  toJSON(): { key: string; value?: string; valueBase64?: string; version: number };
+}
+
+export interface GetResult extends Item {
+  /** The server's applied seq when it read. */
+  appliedSeq: number;
+}
+
+export type TxnOperation =
+  | { put: { key: string; value: string | Uint8Array } | { key: string; valueBase64: string } }
+  | { delete: { key: string } };
+
+export interface TxnInput {
+  /** Every compare must hold for `success` to run; version 0 means "the key is absent". */
+  compare?: { key: string; version: number }[];
+  success?: TxnOperation[];
+  failure?: TxnOperation[];
+}
+
+/** A server's GET /v1/status; the fields beyond these depend on the server's version. */
+export interface ServerStatus {
+  id: string;
+  role: string;
+  map: ClusterMapView | null;
+  [field: string]: unknown;
+}
+
+export interface ClusterMapView {
+  epoch: number;
+  main: string | null;
+  mainAddress?: string | null;
+  members: { id: string; address: string; role: string }[];
+  [field: string]: unknown;
+}
+
+export interface Client {
+  put(key: string, value: string | Uint8Array, options?: PutOptions): Promise<PutResult>;
+  /** The key's value and version, or undefined if it is absent. */
+  get(key: string, options?: ReadOptions): Promise<GetResult | undefined>;
+  delete(key: string, options?: DeleteOptions): Promise<DeleteResult>;
+  /** Keys starting with prefix, in key order. */
+  list(prefix?: string, options?: ListOptions): Promise<Item[]>;
+  txn(input: TxnInput): Promise<TxnResult>;
+  /** The main's GET /v1/status. */
+  status(): Promise<ServerStatus>;
+  /** Stop: operations in flight fail, later ones are refused. */
+  close(): void;
+  /** The session name this client's writes carry (the first of its pool). */
+  readonly clientId: string;
+}
+
+// ---------------------------------------------------------------- errors
+
+/**
+ * Every failure the client reports. `definite: false` means a write may still have been
+ * applied (or may still be); `status` is the HTTP status, undefined when there was no answer.
+ */
+export class MainstayError extends Error {
+  override name = 'MainstayError';
+  constructor(
+    readonly code: ErrorCode,
+    message: string,
+    readonly definite: boolean,
+    readonly status: number | undefined,
+  ) {
+    super(message);
+  }
+}
+
+/** 412: an If-Match, If-None-Match or ifVersion condition failed; nothing was written. */
+export class PreconditionFailedError extends MainstayError {
+  override name = 'PreconditionFailedError';
+}
+
+/** The request is wrong (400, 404 route, 405, 413, or refused before sending); retrying will not help. */
+export class BadRequestError extends MainstayError {
+  override name = 'BadRequestError';
+}
+
+/** No answer within the deadline, or 504. For writes usually `definite: false`. */
+export class TimeoutError extends MainstayError {
+  override name = 'TimeoutError';
+}
+
+/** No reachable main (network errors, 503, no main appointed, 429 until the deadline). */
+export class UnavailableError extends MainstayError {
+  override name = 'UnavailableError';
+}
+
+function makeError(code: ErrorCode, message: string, definite: boolean, status: number | undefined): MainstayError {
+  switch (code) {
+    case 'PRECONDITION_FAILED': return new PreconditionFailedError(code, message, definite, status);
+    case 'BAD_REQUEST':
+    case 'TOO_LARGE':
+    case 'METHOD_NOT_ALLOWED':
+    case 'NOT_FOUND': return new BadRequestError(code, message, definite, status);
+    case 'TIMEOUT': return new TimeoutError(code, message, definite, status);
+    case 'UNAVAILABLE':
+    case 'NOT_MAIN':
+    case 'OVERLOADED': return new UnavailableError(code, message, definite, status);
+  }
+}
+
+const errorCodes: readonly ErrorCode[] = ['NOT_MAIN', 'TIMEOUT', 'PRECONDITION_FAILED', 'NOT_FOUND', 'UNAVAILABLE',
+  'BAD_REQUEST', 'METHOD_NOT_ALLOWED', 'TOO_LARGE', 'OVERLOADED'];
+
+const codeByStatus: Readonly<Record<number, ErrorCode>> = {
+  400: 'BAD_REQUEST', 404: 'NOT_FOUND', 405: 'METHOD_NOT_ALLOWED', 412: 'PRECONDITION_FAILED', 413: 'TOO_LARGE',
+  414: 'TOO_LARGE', 421: 'NOT_MAIN', 429: 'OVERLOADED', 503: 'UNAVAILABLE', 504: 'TIMEOUT',
+};
+
+// ---------------------------------------------------------------- connect
+
+const defaults = {
+  timeoutMs: 15_000,
+  attemptTimeoutMs: 6_000,
+  retries: 10,
+  backoffMsMin: 25,
+  backoffMsMax: 1_000,
+  concurrentWritesMax: 64,
+};
+const clientIdCharactersMax = 120;
+/** Network failures that prove the request never left: a write that met only these did not happen. */
+const notSentCodes = new Set(['ECONNREFUSED', 'ENOTFOUND', 'EAI_AGAIN', 'EHOSTUNREACH', 'ENETUNREACH', 'UND_ERR_CONNECT_TIMEOUT']);
+
+export function connect(options: ConnectOptions): Client {
+  return new MainstayClient(options);
+}
+
+interface Call<T> {
+  method: 'GET' | 'PUT' | 'DELETE' | 'POST';
+  /** Path and query, already encoded. */
+  target: string;
+  headers?: Record<string, string>;
+  body?: Uint8Array | string;
+  /** Writes carry a session and track whether an attempt may have been applied. */
+  write: boolean;
+  /** Turn an answer that is not an error (2xx, or a 404 the call understands) into the result. */
+  accept(answer: Answer): { value: T } | undefined;
+}
+
+interface Answer {
+  status: number;
+  headers: Headers;
+  body: Uint8Array;
+}
+
+type AttemptOutcome =
+  | { kind: 'answer'; answer: Answer }
+  | { kind: 'network'; sent: boolean; message: string }
+  | { kind: 'timeout' };
+
+class MainstayClient implements Client {
+  readonly clientId: string;
+  private readonly endpoints: string[];
+  private readonly settings: typeof defaults;
+  private readonly fetch: typeof fetch;
+  /** Aborted by close(): cuts attempts and pauses short. */
+  private readonly closing = new AbortController();
+  /** The main's base URL, once found; forgotten when it stops answering as the main. */
+  private main: string | undefined;
+  /** Where the next discovery starts, so a dead endpoint is not always asked first. */
+  private nextEndpoint = 0;
+  /** Next request id; only grows. */
+  private nextRequestId: number;
+  /** Session ids not in use by a write in flight. Invariant: at most concurrentWritesMax exist. */
+  private readonly idleSessions: string[] = [];
+  private sessionsCreated = 0;
+  private readonly sessionWaiters: ((session: string) => void)[] = [];
+
+  constructor(options: ConnectOptions) {
+    if (options.endpoints.length === 0) throw new TypeError('connect needs at least one endpoint URL');
+    this.endpoints = options.endpoints.map((endpoint) => {
+      const url = new URL(endpoint);
+      if (url.protocol !== 'http:' && url.protocol !== 'https:') throw new TypeError(`Endpoint ${endpoint} must be an http or https URL`);
+      return trimSlash(url.href);
+    });
+    this.clientId = options.clientId ?? randomUUID();
+    if (!/^[\x21-\x7e]+$/.test(this.clientId) || this.clientId.length > clientIdCharactersMax) {
+      throw new TypeError(`clientId must be 1 to ${clientIdCharactersMax} visible ASCII characters`);
+    }
+    this.settings = {
+      timeoutMs: options.timeoutMs ?? defaults.timeoutMs,
+      attemptTimeoutMs: options.attemptTimeoutMs ?? defaults.attemptTimeoutMs,
+      retries: options.retries ?? defaults.retries,
+      backoffMsMin: options.backoffMsMin ?? defaults.backoffMsMin,
+      backoffMsMax: options.backoffMsMax ?? defaults.backoffMsMax,
+      concurrentWritesMax: options.concurrentWritesMax ?? defaults.concurrentWritesMax,
+    };
+    const { timeoutMs, attemptTimeoutMs, retries, backoffMsMin, backoffMsMax, concurrentWritesMax } = this.settings;
+    if (!(timeoutMs > 0 && attemptTimeoutMs > 0)) throw new TypeError('timeoutMs and attemptTimeoutMs must be positive');
+    if (!(Number.isInteger(retries) && retries >= 0)) throw new TypeError('retries must be a whole number');
+    if (!(backoffMsMin >= 0 && backoffMsMax >= backoffMsMin)) throw new TypeError('backoffMsMax must be at least backoffMsMin, which must not be negative');
+    if (!(Number.isInteger(concurrentWritesMax) && concurrentWritesMax >= 1)) throw new TypeError('concurrentWritesMax must be at least 1');
+    const fetchFunction = options.fetch ?? globalThis.fetch;
+    this.fetch = (input, init) => fetchFunction(input, init);
+    this.nextRequestId = Date.now() * 1000;
+  }
+
+  // ---------------------------------------------------------------- operations
+
+  async put(key: string, value: string | Uint8Array, options: PutOptions = {}): Promise<PutResult> {
+    const headers: Record<string, string> = { 'content-type': 'application/octet-stream' };
+    if (options.ifVersion !== undefined) headers['if-match'] = `"${checkWhole(options.ifVersion, 'ifVersion')}"`;
+    if (options.ifAbsent === true) headers['if-none-match'] = '*';
+    return await this.run<PutResult>({
+      method: 'PUT', target: keyTarget(key), headers, body: toBytes(value), write: true,
+      accept: (answer) => answer.status === 200 ? { value: writeJson(answer, ['seq', 'epoch', 'version']) } : undefined,
+    });
+  }
+
+  async get(key: string, options: ReadOptions = {}): Promise<GetResult | undefined> {
+    return await this.run<GetResult | undefined>({
+      method: 'GET', target: keyTarget(key) + readQuery(options, {}), write: false,
+      accept: (answer) => {
+        const appliedSeq = Number(answer.headers.get('mainstay-applied-seq'));
+        // A 404 from the key route carries the applied seq; one without it is an unknown route.
+        if (answer.status === 404 && answer.headers.has('mainstay-applied-seq')) return { value: undefined };
+        if (answer.status !== 200) return undefined;
+        const version = /^"(\d+)"$/.exec(answer.headers.get('etag') ?? '');
+        if (version === null) throw unreadable('the read has no ETag version', false);
+        return { value: { ...makeItem(key, answer.body, Number(version[1])), appliedSeq } };
+      },
+    });
+  }
+
+  async delete(key: string, options: DeleteOptions = {}): Promise<DeleteResult> {
+    const headers: Record<string, string> = {};
+    if (options.ifVersion !== undefined) headers['if-match'] = `"${checkWhole(options.ifVersion, 'ifVersion')}"`;
+    return await this.run<DeleteResult>({
+      method: 'DELETE', target: keyTarget(key), headers, write: true,
+      accept: (answer) => answer.status === 200 ? { value: writeJson(answer, ['seq', 'epoch']) } : undefined,
+    });
+  }
+
+  async list(prefix = '', options: ListOptions = {}): Promise<Item[]> {
+    const extra: Record<string, string> = {};
+    if (prefix !== '') extra.prefix = prefix;
+    if (options.limit !== undefined) extra.limit = String(checkWhole(options.limit, 'limit'));
+    return await this.run<Item[]>({
+      method: 'GET', target: `/v1/kv${readQuery(options, extra)}`, write: false,
+      accept: (answer) => {
+        if (answer.status !== 200) return undefined;
+        const body = parseJson(answer.body) as { items?: unknown } | undefined;
+        if (body === undefined || !Array.isArray(body.items)) throw unreadable('the list has no items', false);
+        return { value: body.items.map(itemFromJson) };
+      },
+    });
+  }
+
+  async txn(input: TxnInput): Promise<TxnResult> {
+    const body = JSON.stringify({
+      compare: input.compare ?? [],
+      success: (input.success ?? []).map(operationJson),
+      failure: (input.failure ?? []).map(operationJson),
+    });
+    return await this.run<TxnResult>({
+      method: 'POST', target: '/v1/txn', headers: { 'content-type': 'application/json' }, body, write: true,
+      accept: (answer) => {
+        if (answer.status !== 200) return undefined;
+        const result = writeJson(answer, ['seq', 'epoch']);
+        const succeeded = (parseJson(answer.body) as { succeeded?: unknown }).succeeded;
+        if (typeof succeeded !== 'boolean') throw unreadable('the transaction result has no succeeded field', false);
+        return { value: { ...result, succeeded } };
+      },
+    });
+  }
+
+  async status(): Promise<ServerStatus> {
+    return await this.run<ServerStatus>({
+      method: 'GET', target: '/v1/status', write: false,
+      accept: (answer) => {
+        if (answer.status !== 200) return undefined;
+        const body = parseJson(answer.body);
+        if (typeof body !== 'object' || body === null) throw unreadable('the status is not a JSON object', true);
+        return { value: body as ServerStatus };
+      },
+    });
+  }
+
+  close(): void {
+    this.closing.abort();
+  }
+
+  // ---------------------------------------------------------------- the retry loop
+
+  private async run<T>(call: Call<T>): Promise<T> {
+    this.checkOpen(false);
+    if (!call.write) return await this.attempts(call);
+    const session = await this.takeSession();
+    try {
+      const requestId = this.nextRequestId++;
+      call.headers = { ...call.headers, 'mainstay-client-id': session, 'mainstay-request-id': String(requestId) };
+      return await this.attempts(call);
+    } finally {
+      this.releaseSession(session);
+    }
+  }
+
+  /**
+   * Send the call until an answer settles it, repeating the same request (and so the same request
+   * id) after network errors, timeouts, 421, 429, 502, 503 and 504, within the retries and deadline.
+   */
+  private async attempts<T>(call: Call<T>): Promise<T> {
+    const deadline = Date.now() + this.settings.timeoutMs;
+    /** Whether some attempt of this write may have been applied. */
+    let maybeApplied = false;
+    let failure: MainstayError = new UnavailableError('UNAVAILABLE', 'No attempt was made', true, undefined);
+    /** The last answer named another main: go there at once (but pause if redirects repeat). */
+    let redirected = false;
+    let redirectsInARow = 0;
+    for (let attempt = 0; attempt <= this.settings.retries; attempt++) {
+      if (attempt > 0) {
+        redirectsInARow = redirected ? redirectsInARow + 1 : 0;
+        const pause = redirected && redirectsInARow === 1 ? 0 : this.backoffMs(attempt, failure);
+        redirected = false;
+        if (Date.now() + pause >= deadline) break;
+        await this.pause(pause, call.write && maybeApplied);
+      }
+      this.checkOpen(call.write && maybeApplied);
+      const main = this.main ?? await this.discover(deadline);
+      if (main === undefined) {
+        failure = new UnavailableError('UNAVAILABLE', `Cannot find the main: no endpoint (${this.endpoints.join(', ')}) names a reachable main`, true, undefined);
+        continue;
+      }
+      const remainingMs = deadline - Date.now();
+      if (remainingMs <= 0) break;
+      const outcome = await this.send(main, call, Math.min(this.settings.attemptTimeoutMs, remainingMs));
+      this.checkOpen(call.write && (maybeApplied || outcome.kind !== 'answer'));
+      if (outcome.kind === 'timeout') {
+        maybeApplied = true;
+        this.forgetMain(main);
+        failure = new TimeoutError('TIMEOUT', `${main} did not answer within the attempt's deadline`, !call.write, undefined);
+        continue;
+      }
+      if (outcome.kind === 'network') {
+        maybeApplied ||= outcome.sent;
+        this.forgetMain(main);
+        failure = new UnavailableError('UNAVAILABLE', `Cannot reach ${main}: ${outcome.message}`, !(call.write && outcome.sent), undefined);
+        continue;
+      }
+      const answer = outcome.answer;
+      const accepted = call.accept(answer);
+      if (accepted !== undefined) return accepted.value;
+      const error = errorFromAnswer(answer);
+      switch (answer.status) {
+        case 421: {
+          const redirect = errorMain(answer);
+          // A main that names itself is still taking office: ask again after a pause.
+          redirected = redirect !== undefined && redirect !== main;
+          this.main = redirected ? redirect : undefined;
+          failure = error;
+          continue;
+        }
+        case 429:
+          failure = error;
+          continue;
+        case 502:
+        case 503:
+        case 504:
+          maybeApplied ||= !error.definite;
+          this.forgetMain(main);
+          failure = error;
+          continue;
+        default:
+          // Any other answer settles the request: the server decided it (retries of a write that
+          // was applied earlier return the recorded result, so this is the write's outcome).
+          throw error;
+      }
+    }
+    const definite = !(call.write && maybeApplied);
+    const suffix = definite ? '' : '; the write may have been applied';
+    throw makeError(failure.code, `${failure.message} (gave up after the retries and ${this.settings.timeoutMs} ms${suffix})`, definite, failure.status);
+  }
+
+  private async send<T>(base: string, call: Call<T>, timeoutMs: number): Promise<AttemptOutcome> {
+    const controller = new AbortController();
+    let timedOut = false;
+    const timer = setTimeout(() => {
+      timedOut = true;
+      controller.abort();
+    }, timeoutMs);
+    const onClose = (): void => controller.abort();
+    this.closing.signal.addEventListener('abort', onClose);
+    try {
+      const init: RequestInit = { method: call.method, headers: call.headers ?? {}, signal: controller.signal, redirect: 'manual' };
+      if (call.body !== undefined) init.body = call.body;
+      const response = await this.fetch(base + call.target, init);
+      const body = new Uint8Array(await response.arrayBuffer());
+      return { kind: 'answer', answer: { status: response.status, headers: response.headers, body } };
+    } catch (error) {
+      if (timedOut) return { kind: 'timeout' };
+      if (this.closing.signal.aborted) return { kind: 'network', sent: true, message: 'the client was closed' };
+      const code = networkCode(error);
+      return { kind: 'network', sent: code === undefined || !notSentCodes.has(code), message: code ?? (error as Error).message };
+    } finally {
+      clearTimeout(timer);
+      this.closing.signal.removeEventListener('abort', onClose);
+    }
+  }
+
+  /** Ask the endpoints, in turn, for the cluster map; remember and return the main's URL. */
+  private async discover(deadline: number): Promise<string | undefined> {
+    for (let asked = 0; asked < this.endpoints.length; asked++) {
+      const endpoint = this.endpoints[(this.nextEndpoint + asked) % this.endpoints.length] as string;
+      // Servers and the manager serve GET /v1/status with the map; the manager also GET /v1/cluster.
+      for (const target of ['/v1/status', '/v1/cluster']) {
+        const remainingMs = deadline - Date.now();
+        if (remainingMs <= 0 || this.closing.signal.aborted) return undefined;
+        const outcome = await this.send(endpoint, { method: 'GET', target, write: false, accept: () => undefined },
+          Math.min(this.settings.attemptTimeoutMs, remainingMs));
+        if (outcome.kind !== 'answer') break;
+        const main = outcome.answer.status === 200 ? mainFromMap(parseJson(outcome.answer.body)) : undefined;
+        if (main !== undefined) {
+          this.nextEndpoint = (this.nextEndpoint + asked) % this.endpoints.length;
+          this.main = main;
+          return main;
+        }
+      }
+    }
+    this.nextEndpoint = (this.nextEndpoint + 1) % this.endpoints.length;
+    return undefined;
+  }
+
+  private forgetMain(main: string): void {
+    if (this.main === main) this.main = undefined;
+  }
+
+  private backoffMs(attempt: number, failure: MainstayError): number {
+    const { backoffMsMin, backoffMsMax } = this.settings;
+    const ceiling = Math.min(backoffMsMax, backoffMsMin * 2 ** (attempt - 1));
+    // Jitter spreads the retries of many clients after a failover.
+    const pause = ceiling / 2 + Math.random() * (ceiling / 2);
+    return failure.code === 'OVERLOADED' ? Math.max(pause, Math.min(backoffMsMax, 1000)) : pause;
+  }
+
+  private async pause(ms: number, maybeApplied: boolean): Promise<void> {
+    if (ms <= 0) return;
+    try {
+      await sleep(ms, undefined, { signal: this.closing.signal });
+    } catch {
+      this.checkOpen(maybeApplied);
+    }
+  }
+
+  private checkOpen(maybeApplied: boolean): void {
+    if (!this.closing.signal.aborted) return;
+    const suffix = maybeApplied ? '; the write may have been applied' : '';
+    throw new UnavailableError('UNAVAILABLE', `The client is closed${suffix}`, !maybeApplied, undefined);
+  }
+
+  // ---------------------------------------------------------------- sessions
+
+  private async takeSession(): Promise<string> {
+    const idle = this.idleSessions.pop();
+    if (idle !== undefined) return idle;
+    if (this.sessionsCreated < this.settings.concurrentWritesMax) {
+      const index = this.sessionsCreated++;
+      return index === 0 ? this.clientId : `${this.clientId}.${index}`;
+    }
+    return await new Promise<string>((resolve) => this.sessionWaiters.push(resolve));
+  }
+
+  private releaseSession(session: string): void {
+    const waiter = this.sessionWaiters.shift();
+    if (waiter !== undefined) waiter(session);
+    else this.idleSessions.push(session);
+  }
+}
+
+// ---------------------------------------------------------------- encoding
+
+const utf8 = new TextEncoder();
+const strictUtf8 = new TextDecoder('utf-8', { fatal: true, ignoreBOM: true });
+const lenientUtf8 = new TextDecoder('utf-8', { ignoreBOM: true });
+
+function toBytes(value: string | Uint8Array): Uint8Array {
+  if (typeof value === 'string') {
+    checkWellFormed(value, 'value');
+    return utf8.encode(value);
+  }
+  if (value instanceof Uint8Array) return value;
+  throw new TypeError('A value must be a string or a Uint8Array');
+}
+
+function checkWellFormed(text: string, what: string): void {
+  if (/[\uD800-\uDFFF]/u.test(text)) throw new BadRequestError('BAD_REQUEST', `Cannot send ${what}: it has a lone surrogate, which UTF-8 cannot carry`, true, undefined);
+}
+
+/** The path of a key: one percent-encoded segment (so "/" in a key stays part of it). */
+function keyTarget(key: string): string {
+  if (typeof key !== 'string' || key === '') throw new BadRequestError('BAD_REQUEST', 'Cannot send key: it is empty', true, undefined);
+  checkWellFormed(key, 'key');
+  // URL parsing collapses "." and ".." segments (even as %2E), so these keys cannot travel in a path.
+  if (key === '.' || key === '..') throw new BadRequestError('BAD_REQUEST', `Cannot send key "${key}": URLs cannot carry it as a path segment`, true, undefined);
+  return `/v1/kv/${encodeURIComponent(key)}`;
+}
+
+function readQuery(options: ReadOptions, extra: Record<string, string>): string {
+  const parameters: string[] = Object.entries(extra).map(([name, value]) => `${name}=${encodeURIComponent(value)}`);
+  if (options.consistency !== undefined) parameters.push(`consistency=${encodeURIComponent(options.consistency)}`);
+  if (options.minSeq !== undefined) parameters.push(`minSeq=${checkWhole(options.minSeq, 'minSeq')}`);
+  return parameters.length === 0 ? '' : `?${parameters.join('&')}`;
+}
+
+function checkWhole(value: number, name: string): number {
+  if (!Number.isSafeInteger(value) || value < 0) throw new BadRequestError('BAD_REQUEST', `Cannot send ${name}: it must be a whole number, not ${value}`, true, undefined);
+  return value;
+}
+
+function operationJson(operation: TxnOperation): unknown {
+  if ('delete' in operation) return { delete: { key: operation.delete.key } };
+  const put = operation.put;
+  if ('valueBase64' in put) return { put: { key: put.key, valueBase64: put.valueBase64 } };
+  if (typeof put.value === 'string') {
+    checkWellFormed(put.value, 'value');
+    return { put: { key: put.key, value: put.value } };
+  }
+  // Bytes travel as base64 so they arrive exactly, whatever they are.
+  return { put: { key: put.key, valueBase64: Buffer.from(put.value.buffer, put.value.byteOffset, put.value.byteLength).toString('base64') } };
+}
+
+function makeItem(key: string, value: Uint8Array, version: number): Item {
+  return {
+    key,
+    value,
+    version,
+    text: () => lenientUtf8.decode(value),
+    toJSON: () => {
+      try {
+        return { key, value: strictUtf8.decode(value), version };
+      } catch {
+        return { key, valueBase64: Buffer.from(value).toString('base64'), version };
+      }
+    },
+  };
+}
+
+function itemFromJson(json: unknown): Item {
+  const item = json as { key?: unknown; value?: unknown; valueBase64?: unknown; version?: unknown };
+  if (typeof item.key !== 'string' || typeof item.version !== 'number') throw unreadable('a list item has no key or version', false);
+  if (typeof item.value === 'string') return makeItem(item.key, utf8.encode(item.value), item.version);
+  if (typeof item.valueBase64 === 'string') return makeItem(item.key, new Uint8Array(Buffer.from(item.valueBase64, 'base64')), item.version);
+  throw unreadable('a list item has neither value nor valueBase64', false);
+}
+
+// ---------------------------------------------------------------- decoding answers
+
+function parseJson(body: Uint8Array): unknown {
+  try {
+    return JSON.parse(lenientUtf8.decode(body)) as unknown;
+  } catch {
+    return undefined;
+  }
+}
+
+function writeJson<const F extends string>(answer: Answer, fields: readonly F[]): Record<F, number> {
+  const body = parseJson(answer.body) as Record<string, unknown> | undefined;
+  const result = {} as Record<F, number>;
+  for (const field of fields) {
+    const value = body?.[field];
+    // The write was applied (200), but its result cannot be read: report it as possibly applied.
+    if (typeof value !== 'number') throw unreadable(`the write result has no ${field}`, false);
+    result[field] = value;
+  }
+  return result;
+}
+
+function unreadable(what: string, definite: boolean): MainstayError {
+  return new MainstayError('UNAVAILABLE', `Cannot read the server's answer: ${what}`, definite, undefined);
+}
+
+function errorFromAnswer(answer: Answer): MainstayError {
+  const body = parseJson(answer.body) as { error?: { code?: unknown; message?: unknown; definite?: unknown } } | undefined;
+  const error = body?.error;
+  const known = typeof error?.code === 'string' && (errorCodes as readonly string[]).includes(error.code);
+  const code: ErrorCode = known ? error?.code as ErrorCode : codeByStatus[answer.status] ?? (answer.status >= 500 ? 'UNAVAILABLE' : 'BAD_REQUEST');
+  const message = typeof error?.message === 'string' ? error.message : `The server answered HTTP ${answer.status}`;
+  // Without the server's word (a proxy's 5xx, say), a 5xx may have come after the write was applied.
+  const definite = typeof error?.definite === 'boolean' ? error.definite : answer.status < 500;
+  return makeError(code, message, definite, answer.status);
+}
+
+function errorMain(answer: Answer): string | undefined {
+  const main = (parseJson(answer.body) as { error?: { main?: unknown } } | undefined)?.error?.main;
+  return typeof main === 'string' && /^https?:\/\//.test(main) ? trimSlash(main) : undefined;
+}
+
+/**
+ * The main's URL in a status or cluster answer: `map.mainAddress`, or `map.main` looked up in
+ * `map.members`, or the manager view's `main` looked up in `servers`.
+ */
+function mainFromMap(json: unknown): string | undefined {
+  if (typeof json !== 'object' || json === null) return undefined;
+  const body = json as { map?: unknown; main?: unknown; servers?: unknown };
+  const candidates: unknown[] = [];
+  if (typeof body.map === 'object' && body.map !== null) {
+    const map = body.map as { main?: unknown; mainAddress?: unknown; members?: unknown };
+    candidates.push(map.mainAddress, addressOf(map.members, map.main));
+  }
+  candidates.push(addressOf(body.servers, body.main));
+  for (const candidate of candidates) {
+    if (typeof candidate === 'string' && /^https?:\/\//.test(candidate)) return trimSlash(candidate);
+  }
+  return undefined;
+}
+
+function addressOf(members: unknown, id: unknown): unknown {
+  if (!Array.isArray(members) || typeof id !== 'string') return undefined;
+  const member = members.find((candidate: unknown) => (candidate as { id?: unknown } | null)?.id === id) as { address?: unknown } | undefined;
+  return member?.address;
+}
+
+function networkCode(error: unknown): string | undefined {
+  for (let cause: unknown = error, depth = 0; cause !== undefined && cause !== null && depth < 5; depth++) {
+    const code = (cause as { code?: unknown }).code;
+    if (typeof code === 'string') return code;
+    cause = (cause as { cause?: unknown }).cause;
+  }
+  return undefined;
+}
+
+function trimSlash(url: string): string {
+  return url.endsWith('/') ? url.slice(0, -1) : url;
+}
