@@ -346,7 +346,7 @@ export class ManagerCore {
 
     // The main is silent and its standbys lost contact with it too. A manager–main partition alone
     // never gets here: standbys that still hear the main keep it in their contacts.
-    const silentMs = this.now - Math.max(view?.receivedMs ?? -Infinity, this.startedMs, this.appointedMs);
+    const silentMs = Math.round(this.now - Math.max(view?.receivedMs ?? -Infinity, this.startedMs, this.appointedMs));
     if (status === undefined && silentMs >= timings.failoverAfterMs) {
       const reporters = this.standbys(main).map((member) => this.fresh(member.id)).filter((s): s is StatusMessage => s !== undefined);
       if (reporters.length > 0 && reporters.every((s) => !s.contacts.includes(main))) {
@@ -434,7 +434,7 @@ export class ManagerCore {
       return;
     }
     const best = this.chooseMain(candidates);
-    const tookMs = this.now - this.failoverStartedMs;
+    const tookMs = Math.round(this.now - this.failoverStartedMs);
     const reason = this.state.reason;
     this.appointedMs = this.now;
     this.mainBootId = undefined;

@@ -73,7 +73,7 @@ export interface RecoveredState {
   firstSeq?: Seq;
   /** The scan found a checksum failure below the last record and cut the log there. */
   corruptionFound: boolean;
-  /** Distinct for every start of this server; lets the main notice a restart. */
+  /** Distinct for every start of this server, at least 1 (0 means unknown); lets the main notice a restart. */
   bootId: number;
   store: KvStore;
 }
@@ -196,6 +196,7 @@ export class ServerCore {
 
   constructor(config: ServerConfig, recovered: RecoveredState) {
     assertLimits(config);
+    assert(Number.isSafeInteger(recovered.bootId) && recovered.bootId >= 1, 'bootId must be a positive integer');
     this.id = config.id;
     this.config = config;
     this.bugs = config.bugs ?? noBugs;
@@ -510,7 +511,7 @@ export class ServerCore {
     for (const id of ids) {
       if (id === this.id || this.peers.has(id)) continue;
       this.peers.set(id, {
-        id, nextSeq: seq(this.log.lastSeq + 1), matchSeq: seq(0), generation: 0, bootId: -1, readRound: 0,
+        id, nextSeq: seq(this.log.lastSeq + 1), matchSeq: seq(0), generation: 0, bootId: 0, readRound: 0,
         lastProgressMs: this.now, lastHeardMs: -Infinity,
       });
     }

@@ -410,7 +410,7 @@ class Simulation {
     if (recovery.corruptionFound) this.counters.bitFlipsDetected++;
     node.core = new ServerCore(
       { id: node.id, timings: defaultServerTimings, limits: { ...defaultServerLimits, batchEntriesMax: this.profile.batchEntriesMax, inflightEntriesMax: this.profile.inflightEntriesMax }, bugs: this.bugs },
-      { meta: recovery.meta, entries: recovery.entries, corruptionFound: recovery.corruptionFound, bootId: this.random.uint32(), store: node.disk.store },
+      { meta: recovery.meta, entries: recovery.entries, corruptionFound: recovery.corruptionFound, bootId: this.random.uint32() + 1, store: node.disk.store },
     );
     node.commitSeen = node.core.committed;
     node.paused = false;
