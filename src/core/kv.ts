@@ -6,6 +6,7 @@
 import { assert, unreachable } from '../lib/assert.ts';
 import type { Epoch, KeyValue, LogEntry, Operation, Seq, Session, Write, WriteResult } from '../protocol/types.ts';
 import { epoch, seq } from '../protocol/types.ts';
+import { compareKeys } from '../lib/keys.ts';
 
 export interface StoredValue {
   value: Uint8Array;
@@ -205,6 +206,11 @@ function decide(write: Write, at: Seq, epoch: Epoch, read: Reader, changes: Map<
     case 'epochStart':
       return { status: 'ok', seq: at, epoch, version: 0 };
     case 'put': {
+      if (write.ifVersion === undefined && write.ifAbsent !== true) {
+        // A plain put needs no read of the current value.
+        changes.set(write.key, { value: write.value, version: at });
+        return { status: 'ok', seq: at, epoch, version: at };
+      }
       const current = read(write.key);
       const currentVersion = current?.version ?? 0;
       const failed = (write.ifAbsent === true && current !== undefined)
@@ -250,7 +256,7 @@ export class MemoryKvStore implements KvStore {
   }
 
   range(prefix: string, limit: number): KeyValue[] {
-    const keys = [...this.data.keys()].filter((key) => key.startsWith(prefix)).sort();
+    const keys = [...this.data.keys()].filter((key) => key.startsWith(prefix)).sort(compareKeys);
     return keys.slice(0, limit).map((key) => {
       const stored = this.data.get(key) as StoredValue;
       return { key, value: stored.value, version: stored.version };
@@ -272,8 +278,9 @@ export class MemoryKvStore implements KvStore {
   commit(batch: KvBatch): void {
     assert(batch.appliedSeq >= this.applied, 'appliedSeq never goes back');
     for (const [key, stored] of batch.keys) {
+      // Copy, as a real store does: a caller reusing its buffer must not change the state.
       if (stored === null) this.data.delete(key);
-      else this.data.set(key, stored);
+      else this.data.set(key, { value: stored.value.slice(), version: stored.version });
     }
     for (const [clientId, record] of batch.sessions) {
       if (record === null) this.sessionRecords.delete(clientId);

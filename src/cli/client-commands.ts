@@ -1,0 +1,186 @@
+// The CLI's client commands, built on the client library (so they find the main, follow
+// NOT_MAIN and retry exactly-once like any application would).
+
+import process from 'node:process';
+import { connect, MainstayError } from '../client/client.ts';
+import { ConfigError, parseOptions, type OptionSpec } from '../runtime/config.ts';
+
+export const clientCommands = ['put', 'get', 'del', 'list', 'txn', 'status', 'switchover'];
+
+const options: OptionSpec[] = [
+  { name: 'endpoint', type: 'string', default: 'http://127.0.0.1:7000', description: 'Manager or server URL(s), comma separated.' },
+  { name: 'if-version', type: 'integer', min: 0, description: 'Only if the key\'s version is this (0 = absent).' },
+  { name: 'if-absent', type: 'boolean', description: 'Only if the key does not exist.' },
+  { name: 'consistency', type: 'string', description: 'linearizable (default) or local.' },
+  { name: 'min-seq', type: 'integer', min: 0, description: 'Local reads: wait until this seq is applied.' },
+  { name: 'limit', type: 'integer', min: 1, max: 1000, description: 'Most keys to list.' },
+  { name: 'to', type: 'string', description: 'Switchover target server id.' },
+  { name: 'json', type: 'boolean', default: false, description: 'Print JSON.' },
+];
+
+function split(argv: string[]): { positional: string[]; flags: string[] } {
+  const positional: string[] = [];
+  const flags: string[] = [];
+  for (let i = 0; i < argv.length; i++) {
+    const argument = argv[i] as string;
+    if (!argument.startsWith('--')) {
+      positional.push(argument);
+      continue;
+    }
+    flags.push(argument);
+    const spec = options.find((option) => option.name === argument.slice(2));
+    if (spec !== undefined && spec.type !== 'boolean' && !argument.includes('=') && i + 1 < argv.length) flags.push(argv[++i] as string);
+  }
+  return { positional, flags };
+}
+
+function need(positional: string[], count: number, usage: string): void {
+  if (positional.length !== count) throw new ConfigError(`Usage: mainstay ${usage}`);
+}
+
+export async function runClientCommand(command: string, argv: string[]): Promise<void> {
+  const { positional, flags } = split(argv);
+  const parsed = parseOptions(options, flags, process.env);
+  const endpoints = String(parsed.endpoint).split(',').map((item) => item.trim()).filter((item) => item !== '');
+  const client = connect({ endpoints });
+  const print = (value: unknown): void => {
+    process.stdout.write(typeof value === 'string' ? `${value}\n` : `${JSON.stringify(value, null, parsed.json === true ? 0 : 2)}\n`);
+  };
+  try {
+    switch (command) {
+      case 'put': {
+        need(positional, 2, 'put KEY VALUE [--if-version N | --if-absent]');
+        const putOptions: { ifVersion?: number; ifAbsent?: boolean } = {};
+        if (parsed['if-version'] !== undefined) putOptions.ifVersion = Number(parsed['if-version']);
+        if (parsed['if-absent'] === true) putOptions.ifAbsent = true;
+        print(await client.put(positional[0] as string, positional[1] as string, putOptions));
+        return;
+      }
+      case 'get': {
+        need(positional, 1, 'get KEY [--consistency local|linearizable] [--min-seq N]');
+        const getOptions: { consistency?: 'local' | 'linearizable'; minSeq?: number } = {};
+        if (parsed.consistency !== undefined) {
+          if (parsed.consistency !== 'local' && parsed.consistency !== 'linearizable') throw new ConfigError('--consistency must be local or linearizable');
+          getOptions.consistency = parsed.consistency;
+        }
+        if (parsed['min-seq'] !== undefined) getOptions.minSeq = Number(parsed['min-seq']);
+        const item = await client.get(positional[0] as string, getOptions);
+        if (item === undefined) {
+          process.stderr.write(`mainstay: key ${JSON.stringify(positional[0])} not found\n`);
+          process.exitCode = 3;
+          return;
+        }
+        if (parsed.json === true) print({ value: item.text(), version: item.version });
+        else print(item.text());
+        return;
+      }
+      case 'del': {
+        need(positional, 1, 'del KEY [--if-version N]');
+        const deleteOptions: { ifVersion?: number } = {};
+        if (parsed['if-version'] !== undefined) deleteOptions.ifVersion = Number(parsed['if-version']);
+        print(await client.delete(positional[0] as string, deleteOptions));
+        return;
+      }
+      case 'list': {
+        if (positional.length > 1) throw new ConfigError('Usage: mainstay list [PREFIX] [--limit N]');
+        const listOptions: { limit?: number } = {};
+        if (parsed.limit !== undefined) listOptions.limit = Number(parsed.limit);
+        const items = await client.list(positional[0] ?? '', listOptions);
+        if (parsed.json === true) print(items);
+        else for (const item of items) print(`${item.key}\t${item.version}\t${new TextDecoder().decode(item.value)}`);
+        return;
+      }
+      case 'txn': {
+        need(positional, 1, 'txn JSON');
+        let body: unknown;
+        try {
+          body = JSON.parse(positional[0] as string);
+        } catch (error) {
+          throw new ConfigError(`Cannot parse the transaction JSON: ${(error as Error).message}`);
+        }
+        print(await client.txn(body as Parameters<typeof client.txn>[0]));
+        return;
+      }
+      case 'status':
+        return await printStatus(endpoints, parsed.json === true);
+      case 'switchover':
+        return await switchover(endpoints, parsed.to === undefined ? undefined : String(parsed.to));
+    }
+  } catch (error) {
+    if (error instanceof MainstayError) {
+      process.stderr.write(`mainstay: ${error.code}: ${error.message}${error.definite ? '' : ' (the write may still have been applied)'}\n`);
+      process.exitCode = 1;
+      return;
+    }
+    throw error;
+  } finally {
+    client.close();
+  }
+}
+
+interface ClusterView {
+  epoch: number;
+  main: string | null;
+  phase: string;
+  ackQuorum: number;
+  failoverReason?: string;
+  servers: {
+    id: string; role: string; address: string; health: string;
+    status: { promisedEpoch: number; acting: string; lastSeq: number; commitSeq: number; appliedSeq: number; incomplete: boolean } | null;
+  }[];
+}
+
+async function fetchCluster(endpoints: string[]): Promise<ClusterView> {
+  let lastError: unknown;
+  for (const endpoint of endpoints) {
+    try {
+      const response = await fetch(new URL('/v1/cluster', endpoint), { signal: AbortSignal.timeout(3000) });
+      if (response.ok) return await response.json() as ClusterView;
+      lastError = new Error(`${endpoint} answered ${response.status}`);
+    } catch (error) {
+      lastError = error;
+    }
+  }
+  throw new Error(`Cannot reach the manager at ${endpoints.join(', ')}: ${(lastError as Error).message}. Is the cluster running (npm start)?`);
+}
+
+async function printStatus(endpoints: string[], json: boolean): Promise<void> {
+  const cluster = await fetchCluster(endpoints);
+  if (json) {
+    process.stdout.write(`${JSON.stringify(cluster)}\n`);
+    return;
+  }
+  const mainCommit = cluster.servers.find((server) => server.id === cluster.main)?.status?.commitSeq ?? 0;
+  const rows = [['SERVER', 'ROLE', 'EPOCH', 'LASTSEQ', 'COMMITSEQ', 'LAG', 'HEALTH', 'ADDRESS']];
+  for (const server of cluster.servers) {
+    const status = server.status;
+    const role = server.id === cluster.main ? (status?.acting === 'main' ? 'main' : 'main (starting)') : server.role;
+    rows.push([
+      server.id, role + (status?.incomplete === true ? ' (incomplete)' : ''), String(status?.promisedEpoch ?? '-'), String(status?.lastSeq ?? '-'),
+      String(status?.commitSeq ?? '-'), status === null ? '-' : String(Math.max(0, mainCommit - status.appliedSeq)), server.health, server.address,
+    ]);
+  }
+  const widths = rows[0]!.map((_, column) => Math.max(...rows.map((row) => row[column]!.length)));
+  process.stdout.write(`epoch ${cluster.epoch}, K = ${cluster.ackQuorum}, ${cluster.phase === 'fencing' ? `failover in progress: ${cluster.failoverReason}` : `main ${cluster.main ?? 'none'}`}\n`);
+  for (const row of rows) process.stdout.write(`${row.map((cell, column) => cell.padEnd(widths[column]!)).join('  ')}\n`);
+}
+
+async function switchover(endpoints: string[], to: string | undefined): Promise<void> {
+  let lastError = '';
+  for (const endpoint of endpoints) {
+    try {
+      const response = await fetch(new URL('/v1/switchover', endpoint), {
+        method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(to === undefined ? {} : { to }),
+        signal: AbortSignal.timeout(10_000),
+      });
+      const body = await response.json() as { error?: { message: string } };
+      if (!response.ok) throw new ConfigError(`Switchover refused: ${body.error?.message ?? response.status}`);
+      process.stdout.write(`${JSON.stringify(body)}\n`);
+      return;
+    } catch (error) {
+      if (error instanceof ConfigError) throw error;
+      lastError = (error as Error).message;
+    }
+  }
+  throw new Error(`Cannot reach the manager at ${endpoints.join(', ')}: ${lastError}`);
+}

@@ -1,0 +1,271 @@
+// The server process: drives ServerCore with the real clock, the file log, the LMDB state and the
+// TCP transport, and serves the client HTTP API. It translates and carries; every decision (roles,
+// commits, acks, what to answer) is the core's. Client requests that arrive in one event-loop turn
+// reach the core as one batch, so one disk write and one message per standby cover them all.
+
+import { randomInt } from 'node:crypto';
+import { mkdir } from 'node:fs/promises';
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import { join } from 'node:path';
+import type { Logger } from 'pino';
+import type { IncomingRequest, ServerEffect, ServerLimits, ServerTimings } from '../core/server.ts';
+import { ServerCore } from '../core/server.ts';
+import { decodeMessage, encodeMessage } from '../protocol/codec.ts';
+import type { ClusterMap, ManagerToServer, PeerMessage } from '../protocol/messages.ts';
+import type { ClientRequest, ClientResponse, ServerId } from '../protocol/types.ts';
+import { serverId } from '../protocol/types.ts';
+import type { HttpApiLimits } from '../server/http-api.ts';
+import { memberAddress, parseHttpRequest, renderClientResponse, renderParseError } from '../server/http-api.ts';
+import { openFileLog } from '../storage/file-log.ts';
+import { openLmdbStore } from '../storage/lmdb-store.ts';
+import { TcpTransport } from '../transport/tcp.ts';
+import type { HostPort } from './config.ts';
+import { formatHostPort, parseHostPort } from './config.ts';
+import { ServerMetrics } from './metrics.ts';
+
+export interface ServerProcessConfig {
+  id: string;
+  dataDir: string;
+  listenHttp: HostPort;
+  listenPeer: HostPort;
+  manager: HostPort;
+  timings: ServerTimings;
+  limits: ServerLimits;
+  httpLimits: HttpApiLimits;
+  segmentBytesMax: number;
+  logger: Logger;
+}
+
+export interface RunningServer {
+  core: ServerCore;
+  httpAddress: HostPort;
+  close(): Promise<void>;
+}
+
+const now = (): number => performance.now();
+const MANAGER = 'manager';
+
+export async function startServerProcess(config: ServerProcessConfig): Promise<RunningServer> {
+  const logger = config.logger;
+  const id: ServerId = serverId(config.id);
+  await mkdir(config.dataDir, { recursive: true });
+  const opened = await openFileLog(config.dataDir, { segmentBytesMax: config.segmentBytesMax });
+  for (const warning of opened.warnings ?? []) logger.warn(warning);
+  const { log, recovered } = opened;
+  const store = await openLmdbStore(join(config.dataDir, 'state'));
+  if (recovered.tornTailCut) logger.warn('The log ended in a torn record (a write cut by a crash); it was cut');
+  if (recovered.corruptionFound) logger.error('The log failed its checksum below its last record: this server is incomplete until repaired from the main');
+  const bootId = randomInt(1, 2 ** 47);
+  const core = new ServerCore({ id, timings: config.timings, limits: config.limits }, {
+    meta: recovered.meta, entries: recovered.entries, firstSeq: recovered.firstSeq,
+    corruptionFound: recovered.corruptionFound, bootId, store,
+  });
+  logger.info({ lastSeq: core.lastSeq, appliedSeq: core.applied, promisedEpoch: core.promised, bootId }, 'Recovered; starting as a standby');
+
+  const metrics = new ServerMetrics(core);
+  const transport = new TcpTransport({ selfId: config.id, listen: config.listenPeer, peers: new Map([[MANAGER, config.manager]]), logger });
+  const waiting = new Map<number, (response: ClientResponse) => void>();
+  let batch: IncomingRequest[] = [];
+  let nextRequestId = 1;
+  let knownMapVersion = -1;
+  let stopping = false;
+
+  const updatePeers = (map: ClusterMap | undefined): void => {
+    if (map === undefined || map.version === knownMapVersion) return;
+    knownMapVersion = map.version;
+    const peers = new Map<string, HostPort>([[MANAGER, config.manager]]);
+    for (const member of map.members) {
+      if (member.id !== id) peers.set(member.id, parseHostPort(member.peerAddress, `the peer address of ${member.id}`));
+    }
+    transport.updatePeers(peers);
+  };
+
+  const run = (effects: ServerEffect[]): void => {
+    for (const effect of effects) {
+      switch (effect.kind) {
+        case 'send':
+          transport.send(effect.to, encodeMessage(effect.message));
+          break;
+        case 'sendManager':
+          transport.send(MANAGER, encodeMessage(effect.message));
+          break;
+        case 'disk':
+          log.submit(effect.operationId, effect.operation);
+          break;
+        case 'reply': {
+          const resolve = waiting.get(effect.requestId);
+          waiting.delete(effect.requestId);
+          resolve?.(effect.response);
+          break;
+        }
+        case 'event':
+          metrics.onEvent(effect.code);
+          logger[effect.level]({ code: effect.code }, effect.message);
+          break;
+      }
+    }
+    updatePeers(core.currentMap);
+  };
+
+  log.onDurable = (operationId: number): void => run(core.onDiskDone(now(), operationId));
+  log.onError = (error: Error): void => {
+    // The disk failed: nothing after this may be acknowledged. Stop; a restart recovers from what
+    // is durable (retrying an fsync after a failure cannot be trusted).
+    logger.fatal({ err: error }, 'The disk failed; stopping without acknowledging anything more');
+    process.exit(1);
+  };
+  transport.onMessage = (from: string, payload: Uint8Array): void => {
+    let message;
+    try {
+      message = decodeMessage(payload);
+    } catch (error) {
+      logger.warn({ from, err: error }, 'Ignoring an undecodable message');
+      return;
+    }
+    if (from === MANAGER) {
+      if (message.type === 'map' || message.type === 'fence') run(core.onManagerMessage(now(), message as ManagerToServer));
+      return;
+    }
+    run(core.onPeerMessage(now(), serverId(from), message as PeerMessage));
+  };
+
+  const submit = (request: ClientRequest): Promise<ClientResponse> => new Promise((resolve) => {
+    const requestId = nextRequestId++;
+    waiting.set(requestId, resolve);
+    batch.push({ requestId, request });
+    if (batch.length === 1) {
+      setImmediate(() => {
+        const requests = batch;
+        batch = [];
+        run(core.onRequests(now(), requests));
+      });
+    }
+  });
+
+  await transport.start();
+  const ticker = setInterval(() => run(core.tick(now())), Math.max(5, Math.floor(config.timings.heartbeatMs / 2)));
+  run(core.tick(now()));
+
+  const http = createServer({ keepAlive: true }, (request, response) => {
+    handleHttp(request, response).catch((error: unknown) => {
+      logger.error({ err: error }, 'HTTP handler failed');
+      if (!response.headersSent) response.writeHead(500, { 'content-type': 'application/json' });
+      response.end(JSON.stringify({ error: { code: 'INTERNAL', message: 'Internal error', definite: false } }));
+    });
+  });
+
+  async function handleHttp(request: IncomingMessage, response: ServerResponse): Promise<void> {
+    const body = await readBody(request, config.httpLimits.requestBodyBytesMax);
+    const url = new URL(request.url ?? '/', 'http://server');
+    const headers: Record<string, string | undefined> = {};
+    for (const [name, value] of Object.entries(request.headers)) headers[name] = Array.isArray(value) ? value.join(', ') : value;
+    const parsed = body === 'tooLarge'
+      ? parseHttpRequest({ method: request.method ?? 'GET', path: url.pathname, query: url.search, headers, body: new Uint8Array(0), bodyTooLarge: true }, config.httpLimits)
+      : parseHttpRequest({ method: request.method ?? 'GET', path: url.pathname, query: url.search, headers, body }, config.httpLimits);
+    const started = now();
+    let output: { status: number; headers: Record<string, string>; body: Uint8Array | string };
+    switch (parsed.kind) {
+      case 'error':
+        output = renderParseError(parsed);
+        break;
+      case 'health':
+        output = { status: 200, headers: { 'content-type': 'application/json' }, body: `${JSON.stringify({ ok: true, id: config.id })}\n` };
+        break;
+      case 'status':
+        output = { status: 200, headers: { 'content-type': 'application/json' }, body: `${JSON.stringify(serverStatusView(core, config, transport))}\n` };
+        break;
+      case 'metrics':
+        output = { status: 200, headers: { 'content-type': metrics.contentType }, body: await metrics.render() };
+        break;
+      case 'client': {
+        if (stopping) {
+          output = { status: 503, headers: { 'content-type': 'application/json' }, body: `${JSON.stringify({ error: { code: 'UNAVAILABLE', message: 'The server is shutting down', definite: true } })}\n` };
+          break;
+        }
+        const clientResponse = await submit(parsed.request);
+        metrics.observeRequest(parsed.request, clientResponse, now() - started);
+        const context: { mainAddress?: string; target?: string } = { target: request.url ?? '/' };
+        const main = clientResponse.type === 'error' && clientResponse.error.main !== undefined
+          ? memberAddress(core.currentMap, clientResponse.error.main) : undefined;
+        if (main !== undefined) context.mainAddress = main;
+        output = renderClientResponse(clientResponse, parsed.request, context);
+        break;
+      }
+    }
+    response.writeHead(output.status, output.headers);
+    response.end(output.body);
+  }
+
+  await listen(http, config.listenHttp);
+  const address = http.address() as { address: string; port: number };
+  logger.info({ http: `${address.address}:${address.port}`, peer: formatHostPort(config.listenPeer) }, 'Server is listening');
+
+  return {
+    core,
+    httpAddress: { host: address.address, port: address.port },
+    async close(): Promise<void> {
+      stopping = true;
+      clearInterval(ticker);
+      // Stop accepting; let requests in progress finish briefly, then cut what is left.
+      const closed = new Promise<void>((resolve) => http.close(() => resolve()));
+      http.closeIdleConnections();
+      const grace = setTimeout(() => http.closeAllConnections(), 1000);
+      await closed;
+      clearTimeout(grace);
+      await transport.close();
+      await log.close();
+      await store.close();
+    },
+  };
+}
+
+function listen(server: Server, address: HostPort): Promise<void> {
+  return new Promise((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(address.port, address.host, () => {
+      server.off('error', reject);
+      resolve();
+    });
+  });
+}
+
+/** Read a request body, refusing (without buffering) more than `limit` bytes. */
+function readBody(request: IncomingMessage, limit: number): Promise<Uint8Array | 'tooLarge'> {
+  return new Promise((resolve, reject) => {
+    const declared = Number(request.headers['content-length'] ?? '0');
+    if (declared > limit) {
+      request.resume();
+      resolve('tooLarge');
+      return;
+    }
+    const chunks: Buffer[] = [];
+    let length = 0;
+    let tooLarge = false;
+    request.on('data', (chunk: Buffer) => {
+      length += chunk.length;
+      if (length > limit) tooLarge = true;
+      else chunks.push(chunk);
+    });
+    request.on('end', () => resolve(tooLarge ? 'tooLarge' : new Uint8Array(Buffer.concat(chunks))));
+    request.on('error', reject);
+  });
+}
+
+export function serverStatusView(core: ServerCore, config: ServerProcessConfig, transport: TcpTransport): unknown {
+  const status = core.status();
+  const map = core.currentMap;
+  return {
+    id: config.id,
+    role: status.role,
+    epoch: status.promisedEpoch,
+    lastEpoch: status.lastEpoch,
+    lastSeq: core.lastSeq,
+    durableSeq: status.lastSeq,
+    commitSeq: status.commitSeq,
+    appliedSeq: status.appliedSeq,
+    incomplete: status.incomplete,
+    contacts: status.contacts,
+    map: map ?? null,
+    peers: transport.stats(),
+  };
+}
