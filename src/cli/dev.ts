@@ -66,6 +66,7 @@ export async function runDev(argv: string[]): Promise<void> {
   process.stdout.write('\nCtrl-C stops everything.\n\n');
 
   const children = new Map<string, ChildProcess>();
+  const startedAt = Date.now();
   let stopping = false;
   for (const item of planned) {
     const child = spawn(process.execPath, [...nodeArguments, ...item.args], { stdio: ['ignore', 'pipe', 'pipe'] });
@@ -75,8 +76,14 @@ export async function runDev(argv: string[]): Promise<void> {
     }
     child.on('exit', (code, signal) => {
       children.delete(item.name);
+      if (!stopping && code !== 0 && code !== null && Date.now() - startedAt < 5000) {
+        process.stdout.write(`[${item.name.padEnd(7)}] failed to start (code ${code}); stopping the cluster. See its message above.\n`);
+        process.exitCode = 1;
+        stop();
+        return;
+      }
       if (!stopping) process.stdout.write(`[${item.name.padEnd(7)}] exited (${signal ?? `code ${code}`}); restart it with: ${command(item)}\n`);
-      if (stopping && children.size === 0) process.exit(0);
+      if (stopping && children.size === 0) process.exit();
     });
   }
   const stop = (): void => {
@@ -84,7 +91,7 @@ export async function runDev(argv: string[]): Promise<void> {
     stopping = true;
     process.stdout.write('\nStopping every process...\n');
     for (const child of children.values()) child.kill('SIGTERM');
-    if (children.size === 0) process.exit(0);
+    if (children.size === 0) process.exit();
     setTimeout(() => {
       for (const child of children.values()) child.kill('SIGKILL');
       process.exit(0);

@@ -107,7 +107,8 @@ export async function startManagerProcess(config: ManagerProcessConfig): Promise
     }
     if (message.type === 'status') run(core.onStatus(now(), serverId(from), message));
     else if (message.type === 'fenceReply') run(core.onFenceReply(now(), serverId(from), message));
-    else logger.debug({ from, type: message.type }, 'Ignoring a message not meant for the manager');
+    else if (message.type === 'switchoverReady') run(core.onSwitchoverReady(now(), serverId(from), message));
+    else logger.debug({ from, type: (message as { type: string }).type }, 'Ignoring a message not meant for the manager');
   };
 
   await transport.start();
@@ -115,7 +116,7 @@ export async function startManagerProcess(config: ManagerProcessConfig): Promise
   const ticker = setInterval(() => run(core.tick(now())), Math.max(5, Math.floor(config.heartbeatMs / 2)));
 
   const http = createServer((request, response) => {
-    handleHttp(core, request, response).catch((error: unknown) => {
+    handleHttp(core, request, response, run).catch((error: unknown) => {
       logger.error({ err: error }, 'HTTP handler failed');
       if (!response.headersSent) response.writeHead(500, { 'content-type': 'application/json' });
       response.end(JSON.stringify({ error: { code: 'INTERNAL', message: 'Internal error', definite: true } }));
@@ -178,7 +179,19 @@ export function clusterView(core: ManagerCore): unknown {
   };
 }
 
-async function handleHttp(core: ManagerCore, request: IncomingMessage, response: ServerResponse): Promise<void> {
+async function readJson(request: IncomingMessage, limit: number): Promise<unknown> {
+  const chunks: Buffer[] = [];
+  let length = 0;
+  for await (const chunk of request) {
+    length += (chunk as Buffer).length;
+    if (length > limit) throw new SyntaxError(`The body is larger than ${limit} bytes`);
+    chunks.push(chunk as Buffer);
+  }
+  const text = Buffer.concat(chunks).toString('utf8');
+  return text.trim() === '' ? {} : JSON.parse(text) as unknown;
+}
+
+async function handleHttp(core: ManagerCore, request: IncomingMessage, response: ServerResponse, run: (effects: ManagerEffect[]) => void): Promise<void> {
   const url = new URL(request.url ?? '/', 'http://manager');
   const send = (status: number, body: unknown): void => {
     response.writeHead(status, { 'content-type': 'application/json' });
@@ -191,6 +204,34 @@ async function handleHttp(core: ManagerCore, request: IncomingMessage, response:
       return;
     }
     send(200, clusterView(core));
+    return;
+  }
+  if (url.pathname === '/v1/switchover') {
+    if (request.method !== 'POST') {
+      response.setHeader('allow', 'POST');
+      send(405, { error: { code: 'METHOD_NOT_ALLOWED', message: 'Use POST on /v1/switchover', definite: true } });
+      return;
+    }
+    let body: unknown;
+    try {
+      body = await readJson(request, 4096);
+    } catch (error) {
+      send(400, { error: { code: 'BAD_REQUEST', message: `Cannot parse the body: ${(error as Error).message}`, definite: true } });
+      return;
+    }
+    const fields = typeof body === 'object' && body !== null && !Array.isArray(body) ? body as Record<string, unknown> : undefined;
+    const unknown = fields === undefined ? [] : Object.keys(fields).filter((key) => key !== 'to');
+    if (fields === undefined || unknown.length > 0 || (fields.to !== undefined && typeof fields.to !== 'string')) {
+      send(400, { error: { code: 'BAD_REQUEST', message: 'The body must be {} or {"to": "<server id>"}', definite: true } });
+      return;
+    }
+    const { result, effects } = core.requestSwitchover(performance.now(), fields.to === undefined ? undefined : serverId(fields.to as string));
+    run(effects);
+    if (!result.accepted) {
+      send(409, { error: { code: 'REFUSED', message: result.message, definite: true } });
+      return;
+    }
+    send(202, { accepted: true, target: result.target, message: result.message });
     return;
   }
   if (url.pathname === '/healthz') {

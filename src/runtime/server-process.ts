@@ -11,7 +11,7 @@ import type { Logger } from 'pino';
 import type { IncomingRequest, ServerEffect, ServerLimits, ServerTimings } from '../core/server.ts';
 import { ServerCore } from '../core/server.ts';
 import { decodeMessage, encodeMessage } from '../protocol/codec.ts';
-import type { ClusterMap, ManagerToServer, PeerMessage } from '../protocol/messages.ts';
+import type { ClusterMap, PeerMessage } from '../protocol/messages.ts';
 import type { ClientRequest, ClientResponse, ServerId } from '../protocol/types.ts';
 import { serverId } from '../protocol/types.ts';
 import type { HttpApiLimits } from '../server/http-api.ts';
@@ -123,7 +123,8 @@ export async function startServerProcess(config: ServerProcessConfig): Promise<R
       return;
     }
     if (from === MANAGER) {
-      if (message.type === 'map' || message.type === 'fence') run(core.onManagerMessage(now(), message as ManagerToServer));
+      if (message.type === 'map' || message.type === 'fence' || message.type === 'switchover') run(core.onManagerMessage(now(), message));
+      else logger.debug({ type: message.type }, 'Ignoring a message the manager does not send');
       return;
     }
     run(core.onPeerMessage(now(), serverId(from), message as PeerMessage));
