@@ -60,7 +60,7 @@ export async function runDev(argv: string[]): Promise<void> {
   process.stdout.write(`  manager   http://${host}:${managerHttp}   (cluster map: GET /v1/cluster; peers on ${host}:${managerPeer})\n`);
   for (const server of servers) process.stdout.write(`  ${server.id.padEnd(8)}  http://${host}:${server.http}   (peer ${host}:${server.peer})\n`);
   process.stdout.write(`\nTry:\n  curl -X PUT http://${host}:${firstHttp}/v1/kv/a -d hello     (a standby answers 421 with the main's address)\n`);
-  process.stdout.write(`  curl http://${host}:${firstHttp}/v1/kv/a\n  npx mainstay status\n`);
+  process.stdout.write(`  curl http://${host}:${firstHttp}/v1/kv/a\n  npm run mainstay -- status\n`);
   process.stdout.write('\nTo restart a process by hand after kill -9, run its command from this folder:\n');
   for (const item of planned) process.stdout.write(`  ${item.name}: ${command(item)}\n`);
   process.stdout.write('\nCtrl-C stops everything.\n\n');
