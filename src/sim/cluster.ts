@@ -61,6 +61,18 @@ export interface SimCounters {
   clientRetries: number;
 }
 
+/** What kind of check a failed seed broke, for the summary. */
+export type FailureKind = 'acknowledgedWriteLost' | 'notLinearizable' | 'unknownVerdict' | 'liveness' | 'invariant' | 'assertion';
+
+export function failureKind(failure: string): FailureKind {
+  if (failure.startsWith('AssertionError')) return 'assertion';
+  if (failure.includes('unknown linearizability verdict')) return 'unknownVerdict';
+  if (failure.includes('not linearizable')) return 'notLinearizable';
+  if (/acknowledged write .*(lost|not in the committed log)|could lose committed/.test(failure)) return 'acknowledgedWriteLost';
+  if (failure.includes('liveness') || failure.includes('did not converge')) return 'liveness';
+  return 'invariant';
+}
+
 export interface SimResult {
   seed: number;
   servers: number;
@@ -1132,7 +1144,13 @@ class Simulation {
       if (entry === undefined) violated(`acknowledged write ${acknowledged.key}=${acknowledged.value} at seq ${at} is not in the committed log`);
       if (!entryWrites(entry, acknowledged.key, acknowledged.value)) violated(`acknowledged write at seq ${at} lost`);
     }
-    const verdict = checkLinearizability(this.history);
+    let verdict;
+    try {
+      verdict = checkLinearizability(this.history);
+    } catch (error) {
+      // The checker gave up (its search limit): an unknown verdict is a failure, never a pass.
+      throw new InvariantViolation(`unknown linearizability verdict: ${(error as Error).message}`);
+    }
     if (!verdict.linearizable) {
       const bad = verdict.keys.find((key) => !key.linearizable);
       violated(`history is not linearizable on key ${bad?.key}: ${bad?.explanation ?? ''}`);

@@ -6,7 +6,8 @@ import { parseArgs } from 'node:util';
 import type { PlantedBug } from '../core/bugs.ts';
 import { plantedBugs } from '../core/bugs.ts';
 import type { SimCounters } from './cluster.ts';
-import { emptyCounters, runSimulation } from './cluster.ts';
+import type { FailureKind } from './cluster.ts';
+import { emptyCounters, failureKind, runSimulation } from './cluster.ts';
 
 const { values } = parseArgs({
   options: {
@@ -44,6 +45,7 @@ if (values.seed !== undefined) {
 const totals: SimCounters = emptyCounters();
 const started = performance.now();
 let failures = 0;
+const byKind: Record<FailureKind, number> = { invariant: 0, assertion: 0, acknowledgedWriteLost: 0, notLinearizable: 0, unknownVerdict: 0, liveness: 0 };
 let lastReport = started;
 for (const seed of seeds) {
   const options = { seed, bugs, ...(faultPhaseMs === undefined ? {} : { faultPhaseMs }), ...(values.verbose ? { trace: (line: string) => console.log(line) } : {}) };
@@ -51,6 +53,7 @@ for (const seed of seeds) {
   for (const key of Object.keys(totals) as (keyof SimCounters)[]) totals[key] += result.counters[key];
   if (!result.ok) {
     failures++;
+    byKind[failureKind(result.failure ?? '')]++;
     console.log(`FAIL seed ${seed} (servers ${result.servers}, K ${result.ackQuorum}): ${result.failure}`);
     console.log(`  replay: npm run sim -- --seed ${seed}${values.bug.map((bug) => ` --bug ${bug}`).join('')} --verbose`);
   }
@@ -64,6 +67,7 @@ for (const seed of seeds) {
 }
 const elapsedMs = performance.now() - started;
 console.log(`\n${seeds.length} seeds, ${failures} failed, ${(seeds.length / elapsedMs * 60_000).toFixed(0)} seeds per minute (${(elapsedMs / 1000).toFixed(1)} s)`);
+console.log(`invariant violations ${byKind.invariant + byKind.assertion}, acknowledged writes lost ${byKind.acknowledgedWriteLost}, linearizability violations ${byKind.notLinearizable}, unknown verdicts ${byKind.unknownVerdict}, liveness failures ${byKind.liveness}`);
 console.log('counters:');
 for (const [key, value] of Object.entries(totals)) console.log(`  ${key.padEnd(22)} ${value}`);
 process.exitCode = failures > 0 ? 1 : 0;
