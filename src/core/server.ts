@@ -70,7 +70,10 @@ export interface RecoveredState {
   meta: ServerMeta;
   /** The log as the recovery scan found it (torn tail cut), consecutive from firstSeq. */
   entries: LogEntry[];
+  /** Seq of the first entry the log can hold: 1, or just above a snapshot or compaction. */
   firstSeq?: Seq;
+  /** Epoch of the entry at firstSeq − 1 (compacted or in a snapshot); 0 when firstSeq is 1. */
+  baseEpoch?: Epoch;
   /** The scan found a checksum failure below the last record and cut the log there. */
   corruptionFound: boolean;
   /** Distinct for every start of this server, at least 1 (0 means unknown); lets the main notice a restart. */
@@ -81,7 +84,12 @@ export interface RecoveredState {
 export type DiskOperation =
   | { type: 'append'; entries: LogEntry[] }
   | { type: 'truncate'; afterSeq: Seq }
-  | { type: 'meta'; meta: ServerMeta };
+  | { type: 'meta'; meta: ServerMeta }
+  /**
+   * Drop the whole log and start it empty at firstSeq (after installing a snapshot of the state
+   * at firstSeq − 1, whose last entry has baseEpoch). Durable only once the state store is.
+   */
+  | { type: 'resetLog'; firstSeq: Seq; baseEpoch: Epoch };
 
 export type ServerEffect =
   | { kind: 'send'; to: ServerId; message: PeerMessage }
@@ -201,7 +209,7 @@ export class ServerCore {
     this.config = config;
     this.bugs = config.bugs ?? noBugs;
     this.bootId = recovered.bootId;
-    this.log = new LogView(recovered.entries, recovered.firstSeq ?? seq(1));
+    this.log = new LogView(recovered.entries, recovered.firstSeq ?? seq(1), recovered.baseEpoch ?? epoch(0));
     this.kv = new KvState(recovered.store, { sessionsMax: config.limits.sessionsMax });
     this.promisedEpoch = recovered.meta.promisedEpoch;
     this.metaDurableEpoch = recovered.meta.promisedEpoch;
