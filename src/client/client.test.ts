@@ -142,7 +142,8 @@ class FakeCluster {
         return { type: 'write', result: { status: 'txn', seq: seq(at), epoch: epoch(this.epochNumber), succeeded } };
       }
       case 'epochStart':
-        throw new Error('clients cannot send epochStart');
+      case 'configChange':
+        throw new Error(`clients cannot send ${write.type}`);
     }
   }
 }

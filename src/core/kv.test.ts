@@ -92,6 +92,7 @@ class Oracle {
     const ep = e.epoch;
     switch (w.type) {
       case 'epochStart':
+      case 'configChange':
         return { status: 'ok', seq: at, epoch: ep, version: 0 };
       case 'put': {
         const current = this.version(w.key);

@@ -204,6 +204,7 @@ type Reader = (key: string) => StoredValue | undefined;
 function decide(write: Write, at: Seq, epoch: Epoch, read: Reader, changes: Map<string, StoredValue | null>): WriteResult {
   switch (write.type) {
     case 'epochStart':
+    case 'configChange':
       return { status: 'ok', seq: at, epoch, version: 0 };
     case 'put': {
       if (write.ifVersion === undefined && write.ifAbsent !== true) {

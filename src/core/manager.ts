@@ -24,6 +24,8 @@ export interface ManagerTimings {
   statusFreshMs: number;
   /** How long a planned switchover may keep writes paused before it is abandoned. */
   switchoverPauseMs: number;
+  /** A learner this close to the main's last seq (in entries) is promoted to standby. */
+  learnerPromotionLagMax: number;
 }
 
 export const defaultManagerTimings: ManagerTimings = {
@@ -31,6 +33,7 @@ export const defaultManagerTimings: ManagerTimings = {
   failoverAfterMs: 1000,
   statusFreshMs: 1000,
   switchoverPauseMs: 2000,
+  learnerPromotionLagMax: 64,
 };
 
 /** What the manager persists (fsync) before it announces it. */
@@ -48,6 +51,23 @@ export interface ManagerState {
   reason: string;
   /** A planned switchover's target: preferred over equally complete candidates. */
   preferredMain: ServerId | null;
+  /**
+   * The previous configuration, while a change that makes failover less demanding (removing a
+   * standby, raising K) is not yet confirmed by the main: failover then needs fence quorums under
+   * both rules (a joint configuration, SPEC.md section 7).
+   */
+  jointWith: { members: Member[]; ackQuorum: number; sinceMapVersion: number } | null;
+  /** A standby being removed: demoted to learner under the joint rule, removed once confirmed. */
+  pendingRemoval: ServerId | null;
+}
+
+export type OperatorResult = { accepted: true; message: string } | { accepted: false; message: string };
+
+export interface NewServer {
+  id: ServerId;
+  address: string;
+  peerAddress: string;
+  priority?: number;
 }
 
 export type ManagerEffect =
@@ -61,6 +81,7 @@ export type ManagerEvent =
   | { type: 'fenceQuorumWait'; epoch: Epoch; have: number; need: number }
   | { type: 'appointed'; epoch: Epoch; main: ServerId; reason: string; tookMs: number }
   | { type: 'switchoverRequested'; target: ServerId }
+  | { type: 'configurationChanged'; change: string; mapVersion: number }
   | { type: 'switchoverAbandoned'; target: ServerId };
 
 export interface ManagerConfig {
@@ -80,7 +101,10 @@ export function initialManagerState(members: Member[], ackQuorum: number): Manag
   assert(new Set(members.map((member) => member.id)).size === members.length, 'server ids must be unique');
   const standbys = members.filter((member) => member.role === 'standby').length;
   assert(ackQuorum >= 0 && ackQuorum <= Math.max(0, standbys - 1), `ackQuorum ${ackQuorum} needs at least ${ackQuorum + 1} standby-role servers`);
-  return { epoch: epoch(0), main: null, previousMain: null, members, ackQuorum, mapVersion: 0, phase: 'stable', reason: '', preferredMain: null };
+  return {
+    epoch: epoch(0), main: null, previousMain: null, members, ackQuorum, mapVersion: 0, phase: 'stable', reason: '',
+    preferredMain: null, jointWith: null, pendingRemoval: null,
+  };
 }
 
 export class ManagerCore {
@@ -113,7 +137,7 @@ export class ManagerCore {
   constructor(config: ManagerConfig, durable: ManagerState, now: number) {
     this.config = config;
     this.bugs = config.bugs ?? noBugs;
-    this.state = durable;
+    this.state = { ...durable, jointWith: durable.jointWith ?? null, pendingRemoval: durable.pendingRemoval ?? null };
     this.now = now;
     this.startedMs = now;
     this.appointedMs = now;
@@ -134,6 +158,8 @@ export class ManagerCore {
         this.lastBroadcastMs = now;
         this.sendFences(false);
       }
+      // Waits that end with time (the old main's grace, a switchover's target) are re-checked.
+      this.tryAppoint();
       return this.end();
     }
     if (this.announced !== undefined && now - this.lastBroadcastMs >= this.config.timings.heartbeatMs) {
@@ -141,6 +167,7 @@ export class ManagerCore {
       this.broadcast();
     }
     this.detectFailure();
+    if (this.state.phase === 'stable') this.advanceConfiguration();
     return this.end();
   }
 
@@ -230,6 +257,122 @@ export class ManagerCore {
     this.out.push({ kind: 'send', to: main, message: { type: 'switchover', epoch: this.state.epoch, target: target.id, pauseMs } });
     this.event('info', `Switchover from ${main} to ${target.id} requested: the main pauses writes until ${target.id} has caught up`, { type: 'switchoverRequested', target: target.id });
     return { accepted: true, target: target.id, message: `Switching the main role from ${main} to ${target.id}` };
+  }
+
+  // ---------------------------------------------------------------- membership and K
+
+  /** Add a server as a learner; it is promoted to standby once it has caught up. */
+  addServer(now: number, server: NewServer): { result: OperatorResult; effects: ManagerEffect[] } {
+    this.begin(now);
+    const result = this.changeConfiguration(() => {
+      if (server.id === 'manager' || server.id.length === 0) return `"${server.id}" cannot be a server id`;
+      if (this.member(server.id) !== undefined) return `A server ${server.id} is already in the cluster`;
+      const clash = this.state.members.find((member) => member.address === server.address || member.peerAddress === server.peerAddress);
+      if (clash !== undefined) return `${clash.id} already uses that address`;
+      const member: Member = { id: server.id, role: 'learner', priority: server.priority ?? 0, address: server.address, peerAddress: server.peerAddress };
+      this.announceConfiguration({ ...this.state, members: [...this.state.members, member] }, `added ${server.id} as a learner`);
+      return undefined;
+    });
+    return { result, effects: this.end() };
+  }
+
+  /** Remove a server. A standby is first demoted to learner under the joint rule. */
+  removeServer(now: number, id: ServerId): { result: OperatorResult; effects: ManagerEffect[] } {
+    this.begin(now);
+    const result = this.changeConfiguration(() => {
+      const member = this.member(id);
+      if (member === undefined) return `No server ${id} in the cluster`;
+      if (id === this.state.main) return `${id} is the main: switch over to another server first`;
+      if (member.role === 'learner') {
+        this.announceConfiguration({ ...this.state, members: this.state.members.filter((other) => other.id !== id) }, `removed the learner ${id}`);
+        return undefined;
+      }
+      const remaining = this.standbys(this.state.main).filter((other) => other.id !== id).length;
+      if (remaining < this.state.ackQuorum) return `Removing ${id} would leave ${remaining} standbys, fewer than K = ${this.state.ackQuorum}: lower K first`;
+      const members = this.state.members.map((other) => (other.id === id ? { ...other, role: 'learner' as const } : other));
+      this.announceConfiguration({
+        ...this.state, members, pendingRemoval: id,
+        jointWith: { members: this.state.members, ackQuorum: this.state.ackQuorum, sinceMapVersion: this.state.mapVersion + 1 },
+      }, `demoted ${id} to learner; it is removed once the main confirms the new configuration`);
+      return undefined;
+    });
+    return { result, effects: this.end() };
+  }
+
+  /** Change K. Raising it is joint until the main confirms every committed entry is on K standbys. */
+  setAckQuorum(now: number, ackQuorum: number): { result: OperatorResult; effects: ManagerEffect[] } {
+    this.begin(now);
+    const result = this.changeConfiguration(() => {
+      if (!Number.isInteger(ackQuorum) || ackQuorum < 0) return 'K must be a whole number, 0 or more';
+      const standbys = this.standbys(this.state.main).length;
+      if (ackQuorum > standbys) return `K = ${ackQuorum} needs at least ${ackQuorum} standbys besides the main; there are ${standbys}`;
+      if (ackQuorum === this.state.ackQuorum) return `K is already ${ackQuorum}`;
+      const raising = ackQuorum > this.state.ackQuorum;
+      this.announceConfiguration({
+        ...this.state, ackQuorum,
+        jointWith: raising ? { members: this.state.members, ackQuorum: this.state.ackQuorum, sinceMapVersion: this.state.mapVersion + 1 } : null,
+      }, `K changed from ${this.state.ackQuorum} to ${ackQuorum}${raising ? '; the old rule also applies until the main confirms' : ''}`);
+      return undefined;
+    });
+    return { result, effects: this.end() };
+  }
+
+  private changeConfiguration(change: () => string | undefined): OperatorResult {
+    if (this.state.phase !== 'stable' || this.state.main === null) return { accepted: false, message: 'A failover is in progress; try again when a main is appointed' };
+    if (this.state.jointWith !== null || this.state.pendingRemoval !== null) return { accepted: false, message: 'The previous configuration change is not complete yet; try again shortly' };
+    if (this.switchover !== undefined) return { accepted: false, message: 'A switchover is in progress; try again shortly' };
+    const refusal = change();
+    if (refusal !== undefined) return { accepted: false, message: refusal };
+    return { accepted: true, message: this.lastChange };
+  }
+
+  private lastChange = '';
+
+  private announceConfiguration(next: ManagerState, change: string): void {
+    const mapVersion = this.state.mapVersion + 1;
+    this.lastChange = change.charAt(0).toUpperCase() + change.slice(1);
+    this.persist({ ...next, mapVersion }, 'broadcastMap');
+    this.event('info', `Configuration ${mapVersion}: ${change}`, { type: 'configurationChanged', change, mapVersion });
+  }
+
+  /** Promote caught-up learners; end a joint configuration the main has confirmed. */
+  private advanceConfiguration(): void {
+    const main = this.state.main;
+    if (main === null || this.afterPersist.size > 0) return;
+    const mainStatus = this.fresh(main);
+    if (mainStatus === undefined || mainStatus.role !== 'main' || mainStatus.promisedEpoch !== this.state.epoch) return;
+    const joint = this.state.jointWith;
+    const removed = this.state.pendingRemoval;
+    if (joint !== null) {
+      if (mainStatus.confirmedMapVersion < joint.sinceMapVersion) return;
+      // A server being removed may have become the main meanwhile (it was a valid candidate): it
+      // is removed only once another server has taken over.
+      const removeNow = removed !== null && removed !== main;
+      const members = removeNow ? this.state.members.filter((member) => member.id !== removed) : this.state.members;
+      this.announceConfiguration({ ...this.state, members, jointWith: null, pendingRemoval: removeNow ? null : removed },
+        `the main confirmed configuration ${joint.sinceMapVersion}${removeNow ? `; removed ${removed}` : ''}`);
+      return;
+    }
+    if (removed !== null) {
+      if (removed !== main) {
+        this.announceConfiguration({ ...this.state, members: this.state.members.filter((member) => member.id !== removed), pendingRemoval: null }, `removed ${removed}`);
+      } else if (this.switchover === undefined) {
+        const started = this.startSwitchover(undefined);
+        if (started.accepted) this.event('info', `Moving the main role away from ${removed}, which is being removed`);
+      }
+      return;
+    }
+    for (const member of this.state.members) {
+      if (member.role !== 'learner' || member.id === this.state.pendingRemoval) continue;
+      const status = this.fresh(member.id);
+      if (status === undefined || status.incomplete || status.promisedEpoch !== this.state.epoch) continue;
+      if (mainStatus.lastSeq - status.lastSeq > this.config.timings.learnerPromotionLagMax) continue;
+      // Promoting raises S with K unchanged: every S − K + 1 quorum still meets the old one, so
+      // no joint configuration is needed.
+      const members = this.state.members.map((other) => (other.id === member.id ? { ...other, role: 'standby' as const } : other));
+      this.announceConfiguration({ ...this.state, members }, `promoted the learner ${member.id} to standby (lag ${Math.max(0, mainStatus.lastSeq - status.lastSeq)} entries)`);
+      return;
+    }
   }
 
   /** Begin after a restart or at first start: announce the durable map or resume fencing. */
@@ -395,41 +538,57 @@ export class ManagerCore {
   }
 
   /** Fence replies needed from standbys: S − K + 1 (any such set holds every committed entry). */
-  private fenceQuorum(standbyCount: number): number {
-    const quorum = this.state.ackQuorum;
+  private fenceQuorum(standbyCount: number, quorum: number): number {
     if (quorum === 0) return 1; // Asynchronous replication: the most complete reachable standby.
-    const need = standbyCount - quorum + 1;
+    const need = Math.max(1, standbyCount - quorum + 1);
     return this.bugs.has('failoverWithFewerReplies') ? Math.max(1, need - 1) : need;
   }
 
   private tryAppoint(): void {
     if (!this.fencesSent) return;
     const previous = this.state.previousMain;
-    const standbys = this.standbys(previous);
     const complete = (id: ServerId): FenceReply | undefined => {
       const reply = this.fenceReplies.get(id);
       return reply !== undefined && !reply.incomplete ? reply : undefined;
     };
-    const standbyRepliers = standbys.filter((member) => complete(member.id) !== undefined);
-    const need = this.fenceQuorum(standbys.length);
-    let candidates: Member[];
-    if (this.state.ackQuorum === 0) {
+    // Every configuration in force (two while a change is unconfirmed) needs its own quorum.
+    const configurations = [{ members: this.state.members, ackQuorum: this.state.ackQuorum }];
+    if (this.state.jointWith !== null) configurations.push(this.state.jointWith);
+    const tallies = configurations.map((configuration) => {
+      const standbys = configuration.members.filter((member) => member.role === 'standby' && member.id !== previous);
+      return {
+        have: standbys.filter((member) => complete(member.id) !== undefined).length,
+        need: this.fenceQuorum(standbys.length, configuration.ackQuorum),
+      };
+    });
+    const quorumMet = tallies.every((tally) => tally.have >= tally.need);
+    const asynchronous = configurations.every((configuration) => configuration.ackQuorum === 0);
+    const waitedMs = this.now - this.failoverStartedMs;
+    // A planned switchover waits (bounded) for its target's reply, so the target can be chosen.
+    const preferred = this.state.preferredMain;
+    if (preferred !== null && complete(preferred) === undefined && waitedMs < this.config.timings.switchoverPauseMs) return;
+    let candidates: Member[] = [];
+    if (asynchronous) {
       // Asynchronous replication: the most complete server that answered, the old main included.
-      candidates = this.state.members.filter((member) => member.role === 'standby' && complete(member.id) !== undefined);
-    } else if (standbyRepliers.length >= need) {
-      candidates = standbyRepliers;
-    } else if (previous !== null && complete(previous) !== undefined) {
-      // The old main answered the fence: it can no longer commit and holds every committed entry.
+      candidates = this.state.members.filter((member) => complete(member.id) !== undefined);
+    } else if (quorumMet) {
+      // The highest log among the repliers holds every committed entry. Learners may answer too
+      // (a standby being removed is one): they are candidates, never counted toward a quorum.
+      candidates = this.state.members.filter((member) => complete(member.id) !== undefined && member.id !== previous);
+    } else if (previous !== null && complete(previous) !== undefined && this.member(previous) !== undefined
+      && waitedMs >= (preferred === null ? this.config.timings.failoverAfterMs / 2 : this.config.timings.switchoverPauseMs)) {
+      // The old main answered the fence but not enough standbys did, even after a grace: it can no
+      // longer commit and holds every committed entry, so it may serve again. A planned switchover
+      // waits longer first: taking this shortcut early would just return to where it started.
       candidates = [this.member(previous) as Member];
-    } else {
-      candidates = [];
     }
     if (candidates.length === 0) {
-      const report = `have ${standbyRepliers.length} of ${need} standby fence replies needed`;
+      const report = tallies.map((tally) => `have ${tally.have} of ${tally.need} standby fence replies needed`).join('; and under the previous configuration ');
       if (report !== this.lastWaitReport) {
         this.lastWaitReport = report;
+        const first = tallies[0] as { have: number; need: number };
         this.event('warn', `Cannot appoint a main for epoch ${this.state.epoch} yet: ${report}`,
-          { type: 'fenceQuorumWait', epoch: this.state.epoch, have: standbyRepliers.length, need });
+          { type: 'fenceQuorumWait', epoch: this.state.epoch, have: first.have, need: first.need });
       }
       return;
     }
@@ -439,9 +598,28 @@ export class ManagerCore {
     this.appointedMs = this.now;
     this.mainBootId = undefined;
     this.mainIsolatedSinceMs = undefined;
-    this.persist({ ...this.state, main: best.id, previousMain: null, phase: 'stable', mapVersion: this.state.mapVersion + 1, reason: '', preferredMain: null }, 'broadcastMap');
-    this.event('info', `Appointed ${best.id} main of epoch ${this.state.epoch} after ${tookMs} ms (${reason})`,
+    const configuration = this.configurationWithMain(best);
+    this.persist({ ...this.state, ...configuration.state, main: best.id, previousMain: null, phase: 'stable', mapVersion: this.state.mapVersion + 1, reason: '', preferredMain: null }, 'broadcastMap');
+    this.event('info', `Appointed ${best.id} main of epoch ${this.state.epoch} after ${tookMs} ms (${reason})${configuration.note}`,
       { type: 'appointed', epoch: this.state.epoch, main: best.id, reason, tookMs });
+  }
+
+  /**
+   * A main is always a standby: the fence rule counts the standbys besides the failed main, which
+   * holds only if the main's own copy of what it committed sits on a standby. A learner appointed
+   * because it had the most complete log (a standby being removed, or one still joining) becomes a
+   * standby; a pending removal is cancelled by returning to the previous configuration, which is
+   * at least as demanding as the one it was leaving for.
+   */
+  private configurationWithMain(main: Member): { state: Partial<ManagerState>; note: string } {
+    if (main.role === 'standby') return { state: {}, note: '' };
+    const joint = this.state.jointWith;
+    if (main.id === this.state.pendingRemoval && joint !== null) {
+      return { state: { members: joint.members, ackQuorum: joint.ackQuorum, jointWith: null, pendingRemoval: null }, note: `; the removal of ${main.id} is cancelled` };
+    }
+    const members = this.state.members.map((member) => (member.id === main.id ? { ...member, role: 'standby' as const } : member));
+    const pendingRemoval = this.state.pendingRemoval === main.id ? null : this.state.pendingRemoval;
+    return { state: { members, pendingRemoval }, note: `; ${main.id} is now a standby${pendingRemoval === this.state.pendingRemoval ? '' : ' (its removal is cancelled)'}` };
   }
 
   /** The latest and most complete log wins; then a switchover's target; then priority; then the lowest id. */
@@ -452,6 +630,7 @@ export class ManagerCore {
       const byLog = comparePosition(this.fenceReplies.get(b.id) as FenceReply, this.fenceReplies.get(a.id) as FenceReply) * sign;
       if (byLog !== 0) return byLog;
       if ((a.id === preferred) !== (b.id === preferred)) return a.id === preferred ? -1 : 1;
+      if (a.role !== b.role) return a.role === 'standby' ? -1 : 1;
       if (a.priority !== b.priority) return b.priority - a.priority;
       return a.id < b.id ? -1 : a.id > b.id ? 1 : 0;
     });

@@ -195,6 +195,13 @@ export class ServerCore {
   private readRound = 0;
   private readRoundWanted = false;
   private unsentFrom: Seq = seq(1);
+  /**
+   * As a main: the configuration (map version) adopted last, and the seq of the last entry when it
+   * was adopted. Once an entry at or above that seq commits under the map's rule, every committed
+   * entry is on K standbys of that configuration (SPEC.md section 7).
+   */
+  private configToConfirm: { version: number; atSeq: Seq } = { version: 0, atSeq: seq(0) };
+  private configConfirmed = 0;
   /** Planned switchover in progress: writes are refused until `untilMs` or the fence. */
   private switchover: { target: ServerId; untilMs: number; readySent: boolean } | undefined;
 
@@ -305,6 +312,7 @@ export class ServerCore {
       contacts: [...this.contacts].filter(([, heard]) => this.now - heard < this.config.timings.contactTimeoutMs).map(([id]) => id),
       standbysInContact,
       mapVersion: this.map?.version ?? 0,
+      confirmedMapVersion: this.role === 'main' ? this.confirmedMapVersion() : 0,
     };
   }
 
@@ -464,6 +472,7 @@ export class ServerCore {
 
   private onMap(map: ClusterMap): void {
     if (this.map !== undefined && map.version <= this.map.version) return;
+    const previous = this.map;
     this.map = map;
     this.adoptEpoch(map.epoch);
     if (map.main !== this.id || map.epoch < this.promisedEpoch) {
@@ -472,6 +481,14 @@ export class ServerCore {
     }
     if (this.role === 'main') {
       this.syncPeers();
+      if (previous !== undefined && !sameConfiguration(previous, map)) {
+        // Log the change; once this entry commits under the new rule, the main confirms it.
+        const entry: LogEntry = { epoch: this.promisedEpoch, seq: seq(this.log.lastSeq + 1), write: { type: 'configChange', mapVersion: map.version } };
+        this.log.append(entry);
+        this.configToConfirm = { version: map.version, atSeq: entry.seq };
+      } else {
+        this.configToConfirm = { version: map.version, atSeq: this.configToConfirm.atSeq };
+      }
       return;
     }
     this.maybeBecomeMain();
@@ -510,6 +527,8 @@ export class ServerCore {
     const start: LogEntry = { epoch: this.promisedEpoch, seq: seq(this.log.lastSeq + 1), write: { type: 'epochStart' } };
     this.epochStartSeq = start.seq;
     this.unsentFrom = start.seq;
+    this.configToConfirm = { version: this.map?.version ?? 0, atSeq: start.seq };
+    this.configConfirmed = 0;
     this.log.append(start);
     this.event('info', 'becameMain', `Acting as main of epoch ${this.promisedEpoch} from seq ${start.seq}`);
   }
@@ -746,8 +765,8 @@ export class ServerCore {
       this.reply(requestId, this.notMain());
       return;
     }
-    if (write.type === 'epochStart') {
-      this.reply(requestId, errorResponse('BAD_REQUEST', 'Clients cannot write epoch-start entries', true));
+    if (write.type === 'epochStart' || write.type === 'configChange') {
+      this.reply(requestId, errorResponse('BAD_REQUEST', 'Clients cannot write epoch-start or configuration entries', true));
       return;
     }
     if (this.switchover !== undefined) {
@@ -870,6 +889,13 @@ export class ServerCore {
     this.applyCommitted();
   }
 
+  private confirmedMapVersion(): number {
+    if (this.commitSeq >= this.configToConfirm.atSeq && this.configToConfirm.version > this.configConfirmed) {
+      this.configConfirmed = this.configToConfirm.version;
+    }
+    return this.configConfirmed;
+  }
+
   private applyCommitted(): void {
     // A server applies only what it holds durably, so a restart replays the log, never misses it.
     const upTo = Math.min(this.commitSeq, this.durableSeq);
@@ -971,6 +997,12 @@ export class ServerCore {
     }
     this.pendingReads = waiting;
   }
+}
+
+/** Same standbys, learners and K: what the commit rule and the fence rule depend on. */
+function sameConfiguration(a: ClusterMap, b: ClusterMap): boolean {
+  if (a.ackQuorum !== b.ackQuorum || a.members.length !== b.members.length) return false;
+  return a.members.every((member) => b.members.some((other) => other.id === member.id && other.role === member.role));
 }
 
 function writeResponse(result: WriteResult): ClientResponse {

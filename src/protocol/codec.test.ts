@@ -18,6 +18,7 @@ const write: fc.Arbitrary<Write> = fc.oneof(
   fc.record({ type: fc.constant('delete' as const), key, ifVersion: version }, { requiredKeys: ['type', 'key'] }),
   fc.record({ type: fc.constant('txn' as const), compares: fc.array(fc.record({ key, version })), success: fc.array(operation), failure: fc.array(operation) }),
   fc.constant({ type: 'epochStart' as const }),
+  fc.record({ type: fc.constant('configChange' as const), mapVersion: version }),
 );
 const entry: fc.Arbitrary<LogEntry> = fc.record({
   epoch: fc.nat({ max: 0xffffffff }).map(epoch),
@@ -34,7 +35,7 @@ const message: fc.Arbitrary<AnyMessage> = fc.oneof(
   fc.record({ type: fc.constant('epochEnd' as const), epoch: u32.map(epoch), generation: version, forEpoch: u32.map(epoch), endSeq: version.map(seq), answersLastEpoch: u32.map(epoch), answersLastSeq: version.map(seq) }),
   fc.record({ type: fc.constant('appendReply' as const), epoch: u32.map(epoch), bootId: version, generation: version, ok: fc.boolean(), reason: fc.constantFrom('mismatch' as const, 'staleEpoch' as const), ackSeq: version.map(seq), lastEpoch: u32.map(epoch), lastSeq: version.map(seq), readRound: version }, { requiredKeys: ['type', 'epoch', 'bootId', 'generation', 'ok', 'ackSeq', 'lastEpoch', 'lastSeq', 'readRound'] }),
   fc.constant({ type: 'ping' as const }),
-  fc.record({ type: fc.constant('status' as const), bootId: version, promisedEpoch: u32.map(epoch), role: fc.constantFrom('main' as const, 'standby' as const), lastEpoch: u32.map(epoch), lastSeq: version.map(seq), commitSeq: version.map(seq), appliedSeq: version.map(seq), incomplete: fc.boolean(), contacts: fc.array(id), standbysInContact: u32, mapVersion: version }),
+  fc.record({ type: fc.constant('status' as const), bootId: version, promisedEpoch: u32.map(epoch), role: fc.constantFrom('main' as const, 'standby' as const), lastEpoch: u32.map(epoch), lastSeq: version.map(seq), commitSeq: version.map(seq), appliedSeq: version.map(seq), incomplete: fc.boolean(), contacts: fc.array(id), standbysInContact: u32, mapVersion: version, confirmedMapVersion: version }),
   fc.record({ type: fc.constant('fenceReply' as const), epoch: u32.map(epoch), lastEpoch: u32.map(epoch), lastSeq: version.map(seq), incomplete: fc.boolean() }),
   fc.record({ type: fc.constant('map' as const), map: fc.record({ version, epoch: u32.map(epoch), main: fc.option(id, { nil: null }), ackQuorum: u32, members: fc.array(fc.record({ id, role: fc.constantFrom('standby' as const, 'learner' as const), priority: u32, address: fc.string(), peerAddress: fc.string() })) }) }),
   fc.record({ type: fc.constant('fence' as const), epoch: u32.map(epoch) }),

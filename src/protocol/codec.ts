@@ -139,7 +139,7 @@ export class Reader {
 
 // ---------------------------------------------------------------- entries
 
-const enum WriteTag { Put = 1, Delete = 2, Txn = 3, EpochStart = 4 }
+const enum WriteTag { Put = 1, Delete = 2, Txn = 3, EpochStart = 4, ConfigChange = 5 }
 const enum OperationTag { Put = 1, Delete = 2 }
 
 function writeOperation(writer: Writer, operation: Operation): void {
@@ -185,6 +185,9 @@ export function writeWrite(writer: Writer, write: Write): void {
     case 'epochStart':
       writer.u8(WriteTag.EpochStart);
       return;
+    case 'configChange':
+      writer.u8(WriteTag.ConfigChange).u53(write.mapVersion);
+      return;
   }
 }
 
@@ -215,6 +218,8 @@ export function readWrite(reader: Reader): Write {
     }
     case WriteTag.EpochStart:
       return { type: 'epochStart' };
+    case WriteTag.ConfigChange:
+      return { type: 'configChange', mapVersion: reader.u53() };
     default:
       throw new CodecError(`Unknown write tag ${tag}`);
   }
@@ -321,7 +326,7 @@ export function encodeMessage(message: AnyMessage): Uint8Array {
     case 'status':
       writer.u8(MessageTag.Status).u53(message.bootId).u32(message.promisedEpoch).u8(message.role === 'main' ? 1 : 0)
         .u32(message.lastEpoch).u53(message.lastSeq).u53(message.commitSeq).u53(message.appliedSeq)
-        .u8(message.incomplete ? 1 : 0).u32(message.standbysInContact).u53(message.mapVersion);
+        .u8(message.incomplete ? 1 : 0).u32(message.standbysInContact).u53(message.mapVersion).u53(message.confirmedMapVersion);
       writeIds(writer, message.contacts);
       break;
     case 'fenceReply':
@@ -394,7 +399,7 @@ function readMessage(reader: Reader): AnyMessage {
       return {
         type: 'status', bootId: reader.u53(), promisedEpoch: epoch(reader.u32()), role: reader.bool() ? 'main' : 'standby',
         lastEpoch: epoch(reader.u32()), lastSeq: seq(reader.u53()), commitSeq: seq(reader.u53()), appliedSeq: seq(reader.u53()),
-        incomplete: reader.bool(), standbysInContact: reader.u32(), mapVersion: reader.u53(), contacts: readIds(reader),
+        incomplete: reader.bool(), standbysInContact: reader.u32(), mapVersion: reader.u53(), confirmedMapVersion: reader.u53(), contacts: readIds(reader),
       };
     case MessageTag.FenceReply:
       return { type: 'fenceReply', epoch: epoch(reader.u32()), lastEpoch: epoch(reader.u32()), lastSeq: seq(reader.u53()), incomplete: reader.bool() };

@@ -127,6 +127,12 @@ export interface StatusMessage {
   /** For a main: standbys that acknowledged recently; fewer than K means it cannot commit. */
   standbysInContact: number;
   mapVersion: number;
+  /**
+   * For a main: the newest map version whose configuration (standbys and K) it has confirmed —
+   * an entry it appended after adopting that map committed under that map's rule, so every
+   * committed entry is on K standbys of that configuration. 0 if none.
+   */
+  confirmedMapVersion: number;
 }
 
 export interface FenceReply {

@@ -40,7 +40,9 @@ export type Write =
   | { type: 'delete'; key: string; ifVersion?: number }
   | { type: 'txn'; compares: Compare[]; success: Operation[]; failure: Operation[] }
   /** Appended by a new main first in its epoch; changes no key. */
-  | { type: 'epochStart' };
+  | { type: 'epochStart' }
+  /** Appended by the main when it adopts a new configuration (members or K); changes no key. */
+  | { type: 'configChange'; mapVersion: number };
 
 /** One record of the log. */
 export interface LogEntry {

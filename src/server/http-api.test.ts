@@ -380,7 +380,7 @@ describe('status, health and metrics', () => {
   it('renders a server status with its map', () => {
     const status: StatusMessage = {
       type: 'status', bootId: 1, promisedEpoch: epoch(3), role: 'standby', lastEpoch: epoch(3), lastSeq: seq(10), commitSeq: seq(9),
-      appliedSeq: seq(9), incomplete: false, contacts: [serverId('s2')], standbysInContact: 0, mapVersion: 4,
+      appliedSeq: seq(9), incomplete: false, contacts: [serverId('s2')], standbysInContact: 0, mapVersion: 4, confirmedMapVersion: 0,
     };
     const body = json(renderStatus({ id: serverId('s1'), address: 'http://127.0.0.1:7001' }, status, map)) as Record<string, unknown>;
     assert.equal(body.id, 's1');

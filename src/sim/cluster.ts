@@ -51,6 +51,11 @@ export interface SimCounters {
   failovers: number;
   switchoversRequested: number;
   switchoversCompleted: number;
+  serversAdded: number;
+  learnersPromoted: number;
+  serversRemoved: number;
+  ackQuorumChanges: number;
+  jointConfirmed: number;
   fenceQuorumWaits: number;
   truncations: number;
   duplicatesAbsorbed: number;
@@ -89,7 +94,7 @@ export function emptyCounters(): SimCounters {
   return {
     events: 0, messagesSent: 0, messagesDropped: 0, messagesDuplicated: 0, partitions: 0, oneWayPartitions: 0, clogs: 0,
     serverCrashes: 0, newMainsCrashed: 0, newMainsIsolated: 0, serverPauses: 0, managerCrashes: 0, unsyncedWritesLost: 0, tornRecordsRecovered: 0,
-    bitFlipsDetected: 0, incompleteRepaired: 0, managerPauses: 0, localReadsOk: 0, failovers: 0, switchoversRequested: 0, switchoversCompleted: 0, fenceQuorumWaits: 0, truncations: 0, duplicatesAbsorbed: 0,
+    bitFlipsDetected: 0, incompleteRepaired: 0, managerPauses: 0, localReadsOk: 0, failovers: 0, switchoversRequested: 0, switchoversCompleted: 0, serversAdded: 0, learnersPromoted: 0, serversRemoved: 0, ackQuorumChanges: 0, jointConfirmed: 0, fenceQuorumWaits: 0, truncations: 0, duplicatesAbsorbed: 0,
     writesAcknowledged: 0, readsOk: 0, casOk: 0, operationsUnknown: 0, clientRetries: 0,
   };
 }
@@ -146,8 +151,8 @@ interface FaultProfile {
   killNewMainChance: number;
 }
 
-type NemesisKind = 'switchover' | 'crash' | 'pause' | 'crashManager' | 'pauseManager' | 'isolate' | 'isolateMain' | 'mainFromManager' | 'split' | 'oneWay' | 'clog';
-const nemesisKinds: NemesisKind[] = ['switchover', 'crash', 'pause', 'crashManager', 'pauseManager', 'isolate', 'isolateMain', 'mainFromManager', 'split', 'oneWay', 'clog'];
+type NemesisKind = 'addServer' | 'removeServer' | 'setAckQuorum' | 'switchover' | 'crash' | 'pause' | 'crashManager' | 'pauseManager' | 'isolate' | 'isolateMain' | 'mainFromManager' | 'split' | 'oneWay' | 'clog';
+const nemesisKinds: NemesisKind[] = ['addServer', 'removeServer', 'setAckQuorum', 'switchover', 'crash', 'pause', 'crashManager', 'pauseManager', 'isolate', 'isolateMain', 'mainFromManager', 'split', 'oneWay', 'clog'];
 
 interface ServerNode {
   id: ServerId;
@@ -217,6 +222,7 @@ class Simulation {
   private managerIncarnation = 0;
   private managerDurable: ManagerState;
   private managerPaused = false;
+  private managerPersistDoneAt = 0;
   /** Events that reached the manager while it was paused, delivered on resume. */
   private managerHeld: SimEvent[] = [];
   private readonly blocked = new Map<string, number>();
@@ -251,6 +257,8 @@ class Simulation {
     for (let i = 1; i <= serverCount; i++) {
       this.members.push({ id: serverId(`s${i}`), role: 'standby', priority: 0, address: `sim://s${i}`, peerAddress: `sim:s${i}` });
     }
+    // Spare servers run from the start but join only if the membership nemesis adds them.
+    const spareCount = random.int(0, 2);
     this.ackQuorum = random.int(0, serverCount - 1);
     const delayMaxMs = random.pick([2, 10, 40]);
     const weights = {} as Record<NemesisKind, number>;
@@ -273,9 +281,11 @@ class Simulation {
     };
     this.profile.batchEntriesMax = random.pick([1, 2, 8, 64]);
     this.profile.inflightEntriesMax = this.profile.batchEntriesMax * random.pick([1, 4, 16]);
-    for (const member of this.members) {
+    const allServers = [...this.members.map((member) => member.id)];
+    for (let i = 1; i <= spareCount; i++) allServers.push(serverId(`s${serverCount + i}`));
+    for (const id of allServers) {
       this.servers.push({
-        id: member.id, core: undefined, disk: new SimDisk(), incarnation: 0, paused: false, held: [], requests: new Map(),
+        id, core: undefined, disk: new SimDisk(), incarnation: 0, paused: false, held: [], requests: new Map(),
         commitSeen: 0, appliedSeen: 0, checkedUpTo: 0, durableEpochSeen: 0,
       });
     }
@@ -554,8 +564,10 @@ class Simulation {
           this.send(MANAGER, effect.to, { kind: 'fromManager', message: effect.message });
           break;
         case 'persist': {
+          // One state file, written in order: a later write never completes before an earlier one.
           const latency = this.random.int(this.profile.fsyncMinMs, this.profile.fsyncMaxMs);
-          this.schedule(latency, { type: 'persistDone', incarnation: this.managerIncarnation, persistId: effect.persistId, state: effect.state });
+          this.managerPersistDoneAt = Math.max(this.managerPersistDoneAt, this.now) + latency;
+          this.heap.push(this.managerPersistDoneAt, { type: 'persistDone', incarnation: this.managerIncarnation, persistId: effect.persistId, state: effect.state });
           break;
         }
         case 'event':
@@ -573,6 +585,14 @@ class Simulation {
             }
           }
           if (effect.event?.type === 'fenceQuorumWait') this.counters.fenceQuorumWaits++;
+          if (effect.event?.type === 'configurationChanged') {
+            const change = effect.event.change;
+            if (change.startsWith('added')) this.counters.serversAdded++;
+            if (change.startsWith('promoted')) this.counters.learnersPromoted++;
+            if (change.startsWith('removed') || change.includes('; removed')) this.counters.serversRemoved++;
+            if (change.startsWith('K changed')) this.counters.ackQuorumChanges++;
+            if (change.startsWith('the main confirmed')) this.counters.jointConfirmed++;
+          }
           this.log(`manager: ${effect.message}`);
           break;
       }
@@ -685,6 +705,37 @@ class Simulation {
         this.counters.serverPauses++;
         this.log(`${node.id} paused`);
         this.schedule(duration, { type: 'resume', node: node.id });
+        return;
+      }
+      case 'addServer': {
+        if (this.manager === undefined || this.managerPaused) return;
+        const members = new Set(this.managerDurable.members.map((member) => member.id as string));
+        const spares = this.servers.filter((node) => !members.has(node.id));
+        if (spares.length === 0) return;
+        const node = random.pick(spares);
+        const { result, effects } = this.manager.addServer(this.now, { id: node.id, address: `sim://${node.id}`, peerAddress: `sim:${node.id}` });
+        this.log(`add ${node.id}: ${result.message}`);
+        this.runManagerEffects(effects);
+        return;
+      }
+      case 'removeServer': {
+        // Keep two servers at least: with one, a corrupt disk would be the only copy (a double fault).
+        if (this.manager === undefined || this.managerPaused || this.managerDurable.members.length <= 2) return;
+        const id = random.pick(this.managerDurable.members).id;
+        const { result, effects } = this.manager.removeServer(this.now, id);
+        this.log(`remove ${id}: ${result.message}`);
+        this.runManagerEffects(effects);
+        return;
+      }
+      case 'setAckQuorum': {
+        // K = 0 seeds stay asynchronous; the others move K within 1..S.
+        if (this.manager === undefined || this.managerPaused || this.ackQuorum === 0) return;
+        const standbys = this.managerDurable.members.filter((member) => member.role === 'standby' && member.id !== this.managerDurable.main).length;
+        if (standbys < 1) return;
+        const ackQuorum = random.int(1, standbys);
+        const { result, effects } = this.manager.setAckQuorum(this.now, ackQuorum);
+        this.log(`set K = ${ackQuorum}: ${result.message}`);
+        this.runManagerEffects(effects);
         return;
       }
       case 'switchover': {
@@ -1020,20 +1071,35 @@ class Simulation {
   private checkAcknowledgedWrite(node: ServerNode, response: ClientResponse & { type: 'write' }): void {
     const core = node.core as ServerCore;
     const at = response.result.seq;
+    // Acknowledged only once committed (where durability on K standbys is checked, see
+    // checkCommitDurable) — possibly much earlier, for a retry answered with its recorded result.
+    if (at > core.committed) violated(`${node.id} acknowledged seq ${at} above its commitSeq ${core.committed}`);
     const entry = core.entryAt(at) ?? this.committed[at - 1];
     if (entry === undefined) violated(`${node.id} acknowledged seq ${at} that it does not hold`);
-    // A record later destroyed by a detected corruption counts: it was durable when acknowledged,
-    // and its server stays incomplete (out of fence quorums) until repaired.
-    const durableOn = (other: ServerNode): boolean => {
-      const durable = other.disk.durableLog[at - 1] ?? other.disk.lostToCorruption.get(at);
-      return durable !== undefined && sameEntry(durable, entry);
-    };
-    if (!durableOn(node)) violated(`${node.id} acknowledged seq ${at} before it was durable on the main`);
+    if (!this.durableOn(node, at, entry)) violated(`${node.id} acknowledged seq ${at} before it was durable on the main`);
+  }
+
+  /**
+   * A record later destroyed by a detected corruption counts: it was durable when acknowledged,
+   * and its server stays incomplete (out of fence quorums) until repaired.
+   */
+  private durableOn(node: ServerNode, at: number, entry: LogEntry): boolean {
+    const durable = node.disk.durableLog[at - 1] ?? node.disk.lostToCorruption.get(at);
+    return durable !== undefined && sameEntry(durable, entry);
+  }
+
+  /** When a main commits seqs (from, to], each is durable on it and on K standbys of its map. */
+  private checkCommitDurable(node: ServerNode, core: ServerCore, from: number, to: number): void {
     const map = core.currentMap;
     const quorum = map?.ackQuorum ?? 0;
     const standbys = this.servers.filter((other) => other !== node && map?.members.some((member) => member.id === other.id && member.role === 'standby'));
-    const holders = standbys.filter(durableOn).length;
-    if (holders < quorum) violated(`${node.id} acknowledged seq ${at} durable on ${holders} standbys, K = ${quorum}`);
+    for (let at = from; at <= to; at++) {
+      const entry = core.entryAt(at);
+      if (entry === undefined) continue;
+      if (!this.durableOn(node, at, entry)) violated(`${node.id} committed seq ${at} before it was durable on the main`);
+      const holders = standbys.filter((other) => this.durableOn(other, at, entry)).length;
+      if (holders < quorum) violated(`${node.id} committed seq ${at} durable on ${holders} standbys, K = ${quorum} (map version ${map?.version})`);
+    }
   }
 
   private checkAcknowledgedAgainstCommitted(at: number): void {
@@ -1064,6 +1130,7 @@ class Simulation {
       if (applied > commit) violated(`${node.id} appliedSeq ${applied} is above commitSeq ${commit}`);
       if (commit > node.commitSeen && this.trace !== undefined && (commit - node.commitSeen > 5 || !core.isMain)) this.log(`${node.id} commitSeq ${node.commitSeen} -> ${commit} (main: ${core.isMain}, lastSeq ${core.lastSeq})`);
       if (commit > node.commitSeen && core.isMain) {
+        this.checkCommitDurable(node, core, node.commitSeen + 1, commit);
         const epochAsMain = core.epochAsMain as number;
         const committer = this.committerOfEpoch.get(epochAsMain);
         if (committer !== undefined && committer !== node.id) violated(`two mains committed in epoch ${epochAsMain}: ${committer} and ${node.id}`);
@@ -1082,18 +1149,24 @@ class Simulation {
    * entry (and so, by log matching, all before it). Raft's "figure 8" breaks this at once.
    */
   private checkFailoverSafety(): void {
-    const quorum = this.ackQuorum;
     const committedLength = this.committed.length;
-    if (quorum === 0 || committedLength === 0) return;
-    const main = this.managerDurable.main ?? this.managerDurable.previousMain;
-    const stateKey = `${committedLength}|${main}|${this.servers.map((node) => node.disk.changes).join(',')}`;
+    if (this.ackQuorum === 0 || committedLength === 0) return;
+    const durable = this.managerDurable;
+    const main = durable.main ?? durable.previousMain;
+    const stateKey = `${committedLength}|${main}|${durable.mapVersion}|${this.servers.map((node) => node.disk.changes).join(',')}`;
     if (stateKey === this.failoverSafetyCheckedFor) return;
     this.failoverSafetyCheckedFor = stateKey;
     const last = this.committed[committedLength - 1] as LogEntry;
-    const standbys = this.servers.filter((node) => node.id !== main);
-    const complete = standbys.filter((node) => !node.disk.durableMeta.incomplete && !node.disk.hasFlippedRecord);
-    const need = standbys.length - quorum + 1;
-    if (complete.length < need) return;
+    // The configurations in force: the current one, and the previous one while a change is joint.
+    const configurations = [{ members: durable.members, ackQuorum: durable.ackQuorum }];
+    if (durable.jointWith !== null) configurations.push(durable.jointWith);
+    const memberIds = new Set(configurations.flatMap((configuration) => configuration.members.map((member) => member.id as string)));
+    const repliers = this.servers.filter((node) => node.id !== main && memberIds.has(node.id) && !node.disk.durableMeta.incomplete && !node.disk.hasFlippedRecord);
+    const current = new Set(durable.members.map((member) => member.id as string));
+    const rules = configurations.map((configuration) => {
+      const standbys = new Set(configuration.members.filter((member) => member.role === 'standby' && member.id !== main).map((member) => member.id as string));
+      return { standbys, need: configuration.ackQuorum === 0 ? 1 : Math.max(1, standbys.size - configuration.ackQuorum + 1) };
+    });
     const position = (node: ServerNode): [number, number] => {
       const log = node.disk.durableLog;
       return [log[log.length - 1]?.epoch ?? 0, log.length];
@@ -1103,12 +1176,18 @@ class Simulation {
       const [eb, sb] = position(b);
       return ea > eb || (ea === eb && sa > sb);
     };
-    for (const subset of subsetsOfSize(complete, need)) {
-      let chosen = subset[0] as ServerNode;
-      for (const node of subset) if (higher(node, chosen)) chosen = node;
+    // Every set of fence replies the manager would accept (at most 2^6 sets of servers).
+    for (let mask = 1; mask < 1 << repliers.length; mask++) {
+      const subset = repliers.filter((_, i) => (mask >> i) & 1);
+      if (!rules.every((rule) => subset.filter((node) => rule.standbys.has(node.id)).length >= rule.need)) continue;
+      const candidates = subset.filter((node) => current.has(node.id));
+      if (candidates.length === 0) continue;
+      let chosen = candidates[0] as ServerNode;
+      for (const node of candidates) if (higher(node, chosen)) chosen = node;
       const held = chosen.disk.durableLog[committedLength - 1];
       if (held === undefined || !sameEntry(held, last)) {
-        violated(`a failover now could lose committed seq ${committedLength}: fence replies from ${subset.map((node) => node.id).join(', ')} would appoint ${chosen.id} at (${position(chosen).join(', ')}), which ${held === undefined ? 'lacks it' : `holds ${describe(held)}`}`);
+        const configuration = configurations.map((c) => `K=${c.ackQuorum} ${c.members.map((member) => `${member.id}:${member.role}`).join(',')}`).join(' joint with ');
+        violated(`a failover now could lose committed seq ${committedLength}: fence replies from ${subset.map((node) => node.id).join(', ')} would appoint ${chosen.id} at (${position(chosen).join(', ')}), which ${held === undefined ? 'lacks it' : `holds ${describe(held)}`} (main ${main}; ${configuration})`);
       }
     }
   }
@@ -1165,7 +1244,8 @@ class Simulation {
       const main = this.currentMain()?.core;
       if (main === undefined || main.committed !== main.lastSeq) return false;
       const lastEpoch = main.entryAt(main.lastSeq)?.epoch;
-      return this.servers.every((node) => node.core !== undefined && node.core.lastSeq === main.lastSeq
+      const members = new Set(this.managerDurable.members.map((member) => member.id as string));
+      return this.servers.filter((node) => members.has(node.id)).every((node) => node.core !== undefined && node.core.lastSeq === main.lastSeq
         && node.core.entryAt(main.lastSeq)?.epoch === lastEpoch
         && node.core.committed === main.committed && node.core.applied === main.committed
         && node.disk.durableLog.length === main.lastSeq);
@@ -1176,7 +1256,8 @@ class Simulation {
       violated(`servers did not converge within ${boundMs} ms after the workload stopped: ${state.join('; ')}`);
     }
     const reference = this.currentMain() as ServerNode;
-    for (const node of this.servers) {
+    const members = new Set(this.managerDurable.members.map((member) => member.id as string));
+    for (const node of this.servers.filter((candidate) => members.has(candidate.id))) {
       for (let at = 1; at <= reference.disk.durableLog.length; at++) {
         const mine = node.disk.durableLog[at - 1] as LogEntry;
         const theirs = reference.disk.durableLog[at - 1] as LogEntry;
@@ -1209,13 +1290,6 @@ function sameEntry(a: LogEntry, b: LogEntry): boolean {
 
 function entryWrites(entry: LogEntry, key: string, value: string): boolean {
   return entry.write.type === 'put' && entry.write.key === key && textDecoder.decode(entry.write.value) === value;
-}
-
-function subsetsOfSize<T>(items: readonly T[], size: number): T[][] {
-  if (size === 0) return [[]];
-  if (items.length < size) return [];
-  const [first, ...rest] = items as [T, ...T[]];
-  return [...subsetsOfSize(rest, size - 1).map((subset) => [first, ...subset]), ...subsetsOfSize(rest, size)];
 }
 
 function describeMessage(message: PeerMessage): string {

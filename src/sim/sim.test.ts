@@ -40,6 +40,11 @@ describe('simulator', () => {
     // Each reproduced a bug once (see the commit that added it); they must keep passing.
     const regressionSeeds = [
       4761, // K = 0: a stale heartbeat made a standby cut an entry it had acknowledged
+      2784, // a learner (a standby being removed) appointed main; a second removal during the first
+      497, // the manager removed the server being removed after it had become the main
+      5080, // the simulated manager's state writes completed out of order
+      21, // a switchover in a joint configuration with an incomplete server never appointed anyone
+      868, // an old main answering a retry after K was raised (checked at commit, not at reply)
     ];
     for (const seed of regressionSeeds) {
       const result = runSimulation({ seed });
