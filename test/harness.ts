@@ -95,17 +95,15 @@ export class TestCluster {
     const dataDir = await mkdtemp(join(tmpdir(), 'mainstay-test-'));
     const ports = await freePorts(2 + count * 2);
     const [managerHttp, managerPeer] = ports as [number, number];
-    const servers: ServerInfo[] = Array.from({ length: count }, (_, i) => {
-      const id = `s${i + 1}`;
-      const httpPort = ports[2 + i * 2] as number;
-      const peerPort = ports[3 + i * 2] as number;
+    const serverInfo = (id: string, httpPort: number, peerPort: number): ServerInfo => {
       const serverDir = join(dataDir, id);
       return {
         id, name: id, httpPort, peerPort, url: `http://127.0.0.1:${httpPort}`, dataDir: serverDir, child: undefined, output: [],
         args: ['server', '--id', id, '--data-dir', serverDir, '--listen-http', `127.0.0.1:${httpPort}`, '--listen-peer', `127.0.0.1:${peerPort}`,
           '--manager', `127.0.0.1:${managerPeer}`, '--heartbeat-ms', String(options.heartbeatMs ?? 50), ...(options.serverFlags ?? [])],
       };
-    });
+    };
+    const servers: ServerInfo[] = Array.from({ length: count }, (_, i) => serverInfo(`s${i + 1}`, ports[2 + i * 2] as number, ports[3 + i * 2] as number));
     const list = servers.map((server) => `${server.id}=127.0.0.1:${server.httpPort}/127.0.0.1:${server.peerPort}`).join(',');
     const manager: ProcessInfo = {
       name: 'manager', child: undefined, output: [],
@@ -114,10 +112,38 @@ export class TestCluster {
         '--heartbeat-ms', String(options.heartbeatMs ?? 50)],
     };
     const cluster = new TestCluster(dataDir, manager, `http://127.0.0.1:${managerHttp}`, servers, options.verbose ?? false);
+    cluster.serverInfo = serverInfo;
     cluster.launch(manager);
     for (const server of servers) cluster.launch(server);
-    await cluster.waitForMain();
+    try {
+      await cluster.waitForMain();
+    } catch (error) {
+      // Do not leave the processes running (they would keep the test runner alive): stop them,
+      // and say how each one ended.
+      const tails = [manager, ...servers].map((info) => `[${info.name}${info.child === undefined ? ', exited' : ''}] ${cluster.logs(info).trim().split('\n').slice(-3).join('\n')}`);
+      await cluster.close();
+      throw new Error(`${(error as Error).message}\n${tails.join('\n')}`, { cause: error });
+    }
     return cluster;
+  }
+
+  /** Builds a server's ports, data folder and command line (set by start). */
+  private serverInfo: ((id: string, httpPort: number, peerPort: number) => ServerInfo) | undefined;
+
+  /**
+   * Start one more server process, not in the manager's --servers: it points at the manager but
+   * is not a member until added (POST /v1/servers). It joins `servers`, so close() stops it too.
+   * Resolves once it answers /healthz.
+   */
+  async startExtraServer(id: string, timeoutMs = 15_000): Promise<ServerInfo> {
+    if (this.closed) throw new Error('The cluster is closed');
+    if (this.servers.some((server) => server.id === id)) throw new Error(`A server ${id} already exists`);
+    const [httpPort, peerPort] = await freePorts(2) as [number, number];
+    const server = (this.serverInfo as (id: string, httpPort: number, peerPort: number) => ServerInfo)(id, httpPort, peerPort);
+    this.servers.push(server);
+    this.launch(server);
+    await this.waitForServer(server, timeoutMs);
+    return server;
   }
 
   private launch(info: ProcessInfo): void {

@@ -1,11 +1,12 @@
 // The CLI's client commands, built on the client library (so they find the main, follow
-// NOT_MAIN and retry exactly-once like any application would).
+// NOT_MAIN and retry exactly-once like any application would), and the operator commands that
+// ask the manager for a switchover or a membership or K change.
 
 import process from 'node:process';
 import { connect, MainstayError } from '../client/client.ts';
 import { ConfigError, parseOptions, type OptionSpec } from '../runtime/config.ts';
 
-export const clientCommands = ['put', 'get', 'del', 'list', 'txn', 'status', 'switchover'];
+export const clientCommands = ['put', 'get', 'del', 'list', 'txn', 'status', 'switchover', 'add-server', 'remove-server', 'set-ack-quorum'];
 
 const options: OptionSpec[] = [
   { name: 'endpoint', type: 'string', default: 'http://127.0.0.1:7000', description: 'Manager or server URL(s), comma separated.' },
@@ -15,6 +16,9 @@ const options: OptionSpec[] = [
   { name: 'min-seq', type: 'integer', min: 0, description: 'Local reads: wait until this seq is applied.' },
   { name: 'limit', type: 'integer', min: 1, max: 1000, description: 'Most keys to list.' },
   { name: 'to', type: 'string', description: 'Switchover target server id.' },
+  { name: 'address', type: 'string', description: 'add-server: the server\'s client HTTP base URL (http://host:port).' },
+  { name: 'peer-address', type: 'string', description: 'add-server: host:port of the server\'s peer listener.' },
+  { name: 'priority', type: 'integer', min: -1_000_000, max: 1_000_000, description: 'add-server: failover tie-break, higher wins (default 0).' },
   { name: 'json', type: 'boolean', default: false, description: 'Print JSON.' },
 ];
 
@@ -105,6 +109,28 @@ export async function runClientCommand(command: string, argv: string[]): Promise
         return await printStatus(endpoints, parsed.json === true);
       case 'switchover':
         return await switchover(endpoints, parsed.to === undefined ? undefined : String(parsed.to));
+      case 'add-server': {
+        const usage = 'add-server ID --address http://host:port --peer-address host:port [--priority N]';
+        need(positional, 1, usage);
+        if (parsed.address === undefined || parsed['peer-address'] === undefined) throw new ConfigError(`add-server needs --address and --peer-address. Usage: mainstay ${usage}`);
+        const body: Record<string, unknown> = { id: positional[0], address: String(parsed.address), peerAddress: String(parsed['peer-address']) };
+        if (parsed.priority !== undefined) body.priority = Number(parsed.priority);
+        return await operate(endpoints, 'add-server', 'POST', '/v1/servers', body, parsed.json === true,
+          `It joins as a learner and becomes a standby once it has caught up: follow it with mainstay status.`);
+      }
+      case 'remove-server': {
+        need(positional, 1, 'remove-server ID');
+        const id = positional[0] as string;
+        return await operate(endpoints, 'remove-server', 'DELETE', `/v1/servers/${encodeURIComponent(id)}`, undefined, parsed.json === true,
+          `A standby is removed once the main confirms the new configuration: follow it with mainstay status.`);
+      }
+      case 'set-ack-quorum': {
+        need(positional, 1, 'set-ack-quorum K');
+        const text = positional[0] as string;
+        if (!/^\d+$/.test(text)) throw new ConfigError(`K must be a whole number, 0 or more (got ${JSON.stringify(text)}). Usage: mainstay set-ack-quorum K`);
+        return await operate(endpoints, 'set-ack-quorum', 'PUT', '/v1/ack-quorum', { ackQuorum: Number(text) }, parsed.json === true,
+          `Raising K takes full effect once the main confirms it: follow it with mainstay status.`);
+      }
     }
   } catch (error) {
     if (error instanceof MainstayError) {
@@ -124,6 +150,9 @@ interface ClusterView {
   phase: string;
   ackQuorum: number;
   failoverReason?: string;
+  configurationChangePending?: boolean;
+  jointWith?: { ackQuorum: number; sinceMapVersion: number; members: { id: string; role: string }[] } | null;
+  pendingRemoval?: string | null;
   servers: {
     id: string; role: string; address: string; health: string;
     status: { promisedEpoch: number; acting: string; lastSeq: number; commitSeq: number; appliedSeq: number; incomplete: boolean } | null;
@@ -154,7 +183,9 @@ async function printStatus(endpoints: string[], json: boolean): Promise<void> {
   const rows = [['SERVER', 'ROLE', 'EPOCH', 'LASTSEQ', 'COMMITSEQ', 'LAG', 'HEALTH', 'ADDRESS']];
   for (const server of cluster.servers) {
     const status = server.status;
-    const role = server.id === cluster.main ? (status?.acting === 'main' ? 'main' : 'main (starting)') : server.role;
+    let role = server.id === cluster.main ? (status?.acting === 'main' ? 'main' : 'main (starting)') : server.role;
+    if (server.id === cluster.pendingRemoval) role += ' (being removed)';
+    else if (role === 'learner') role += ' (catching up)';
     rows.push([
       server.id, role + (status?.incomplete === true ? ' (incomplete)' : ''), String(status?.promisedEpoch ?? '-'), String(status?.lastSeq ?? '-'),
       String(status?.commitSeq ?? '-'), status === null ? '-' : String(Math.max(0, mainCommit - status.appliedSeq)), server.health, server.address,
@@ -162,6 +193,8 @@ async function printStatus(endpoints: string[], json: boolean): Promise<void> {
   }
   const widths = rows[0]!.map((_, column) => Math.max(...rows.map((row) => row[column]!.length)));
   process.stdout.write(`epoch ${cluster.epoch}, K = ${cluster.ackQuorum}, ${cluster.phase === 'fencing' ? `failover in progress: ${cluster.failoverReason}` : `main ${cluster.main ?? 'none'}`}\n`);
+  const pending = pendingChange(cluster);
+  if (pending !== undefined) process.stdout.write(`configuration change pending: ${pending}\n`);
   for (const row of rows) process.stdout.write(`${row.map((cell, column) => cell.padEnd(widths[column]!)).join('  ')}\n`);
 }
 
@@ -183,4 +216,76 @@ async function switchover(endpoints: string[], to: string | undefined): Promise<
     }
   }
   throw new Error(`Cannot reach the manager at ${endpoints.join(', ')}: ${lastError}`);
+}
+
+/** One line describing a configuration change the main has not confirmed yet, if any. */
+function pendingChange(cluster: ClusterView): string | undefined {
+  const joint = cluster.jointWith ?? null;
+  const removing = cluster.pendingRemoval ?? null;
+  if (cluster.configurationChangePending !== true && joint === null && removing === null) return undefined;
+  const parts: string[] = [];
+  if (removing !== null) parts.push(`removing ${removing}`);
+  if (joint !== null) {
+    if (joint.ackQuorum !== cluster.ackQuorum) parts.push(`K ${joint.ackQuorum} → ${cluster.ackQuorum}`);
+    const standbys = joint.members.filter((member) => member.role === 'standby' && member.id !== cluster.main).map((member) => member.id);
+    parts.push(`until the main confirms configuration ${joint.sinceMapVersion}, failover also follows the previous one (K = ${joint.ackQuorum}, standbys ${standbys.length === 0 ? 'none' : standbys.join(', ')})`);
+  } else {
+    parts.push('waiting for the manager to finish it');
+  }
+  return parts.join('; ');
+}
+
+interface ManagerAnswer {
+  accepted?: boolean;
+  message?: string;
+  error?: { code: string; message: string };
+}
+
+/**
+ * Sends an operator request to the manager (the first endpoint that is one: a server answers 404)
+ * and prints its answer. A refusal (409) or a rejected request (400) prints the manager's message
+ * and sets exit code 1.
+ */
+async function operate(endpoints: string[], command: string, method: string, path: string, body: unknown, json: boolean, next: string): Promise<void> {
+  const problems: string[] = [];
+  for (const endpoint of endpoints) {
+    let status: number;
+    let answer: ManagerAnswer;
+    try {
+      const init: RequestInit = { method, signal: AbortSignal.timeout(10_000) };
+      if (body !== undefined) {
+        init.headers = { 'content-type': 'application/json' };
+        init.body = JSON.stringify(body);
+      }
+      const response = await fetch(new URL(path, endpoint), init);
+      status = response.status;
+      const text = await response.text();
+      try {
+        answer = JSON.parse(text) as ManagerAnswer;
+      } catch {
+        answer = { error: { code: 'UNPARSABLE', message: text.slice(0, 200) } };
+      }
+    } catch (error) {
+      problems.push(`${endpoint}: ${(error as Error).message}`);
+      continue;
+    }
+    if (status === 404 || status === 405 || status === 421) {
+      // Not the manager (a server, or something else): try the next endpoint.
+      problems.push(`${endpoint} is not the manager (it answered ${status})`);
+      continue;
+    }
+    if (status === 202 && answer.accepted === true) {
+      if (json) process.stdout.write(`${JSON.stringify(answer)}\n`);
+      else process.stdout.write(`${answer.message ?? 'Accepted'}.\n${next}\n`);
+      return;
+    }
+    const message = answer.error?.message ?? answer.message ?? `HTTP ${status}`;
+    if (json) process.stdout.write(`${JSON.stringify(answer)}\n`);
+    if (status === 409) process.stderr.write(`mainstay: ${command} refused: ${message}\n`);
+    else if (status === 400) process.stderr.write(`mainstay: ${command}: the manager rejected the request: ${message}\n`);
+    else process.stderr.write(`mainstay: ${command}: the manager answered ${status}: ${message}\n`);
+    process.exitCode = 1;
+    return;
+  }
+  throw new Error(`Cannot reach the manager at ${endpoints.join(', ')} (${problems.join('; ')}). Is the cluster running (npm start)? Operator commands need the manager's URL in --endpoint.`);
 }

@@ -25,6 +25,13 @@ Client (options: --endpoint URL, default http://127.0.0.1:7000):
   txn JSON            atomic compares and operations (see the README)
   status              every server: role, epoch, lastSeq, commitSeq, lag, health
   switchover [--to ID]
+
+Membership and K (asks the manager at --endpoint; a refusal prints why and exits with 1):
+  add-server ID --address http://host:port --peer-address host:port [--priority N]
+                      joins as a learner, becomes a standby once caught up
+  remove-server ID    not the main: switch over first
+  set-ack-quorum K    K standbys must hold a write before it is acknowledged
+
   help [manager|server]
 `;
 

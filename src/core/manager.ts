@@ -302,12 +302,21 @@ export class ManagerCore {
   /** Change K. Raising it is joint until the main confirms every committed entry is on K standbys. */
   setAckQuorum(now: number, ackQuorum: number): { result: OperatorResult; effects: ManagerEffect[] } {
     this.begin(now);
+    const joint = this.state.jointWith;
+    if (joint !== null && this.state.pendingRemoval === null && ackQuorum === joint.ackQuorum && this.state.phase === 'stable') {
+      // Undo a raise not yet confirmed (say a standby went down meanwhile and writes are stuck):
+      // the previous configuration was in force all along, so returning to it is safe.
+      this.announceConfiguration({ ...this.state, ackQuorum, jointWith: null }, `K changed back from ${this.state.ackQuorum} to ${ackQuorum} before the raise was confirmed`);
+      return { result: { accepted: true, message: this.lastChange }, effects: this.end() };
+    }
     const result = this.changeConfiguration(() => {
       if (!Number.isInteger(ackQuorum) || ackQuorum < 0) return 'K must be a whole number, 0 or more';
       const standbys = this.standbys(this.state.main).length;
       if (ackQuorum > standbys) return `K = ${ackQuorum} needs at least ${ackQuorum} standbys besides the main; there are ${standbys}`;
       if (ackQuorum === this.state.ackQuorum) return `K is already ${ackQuorum}`;
       const raising = ackQuorum > this.state.ackQuorum;
+      const reporting = this.standbys(this.state.main).filter((member) => this.fresh(member.id)?.incomplete === false).length;
+      if (raising && ackQuorum > reporting) return `K = ${ackQuorum} needs ${ackQuorum} standbys reporting with complete logs; ${reporting} are: writes would stop`;
       this.announceConfiguration({
         ...this.state, ackQuorum,
         jointWith: raising ? { members: this.state.members, ackQuorum: this.state.ackQuorum, sinceMapVersion: this.state.mapVersion + 1 } : null,
