@@ -17,6 +17,10 @@ Processes:
   server       run a server (see: mainstay help server)
   dev          run a manager and three servers on this machine, data in ./data
 
+Data:
+  backup --out FILE [--endpoint URL] [--force]    stream a consistent snapshot from a server (the main preferred)
+  restore --in FILE (--data-dir DIR | --id ID)    build a new server data directory from a backup
+
 Client (options: --endpoint URL, default http://127.0.0.1:7000):
   put KEY VALUE [--if-version N | --if-absent]
   get KEY [--consistency local|linearizable] [--min-seq N]
@@ -51,6 +55,7 @@ async function runManager(argv: string[]): Promise<void> {
   const ackQuorum = Number(options['ack-quorum']);
   if (ackQuorum > servers.length - 1) throw new ConfigError(`--ack-quorum ${ackQuorum} needs at least ${ackQuorum + 1} servers (a main and ${ackQuorum} standbys); --servers lists ${servers.length}`);
   const manager = await startManagerProcess({
+    initialEpoch: Number(options['initial-epoch']),
     dataDir: String(options['data-dir']),
     listenHttp: parseHostPort(String(options['listen-http']), '--listen-http'),
     listenPeer: parseHostPort(String(options['listen-peer']), '--listen-peer'),
@@ -140,6 +145,16 @@ async function main(argv: string[]): Promise<void> {
       return runServer(rest);
     case 'dev':
       return runDev(rest);
+    case 'backup': {
+      const { runBackup } = await import('./backup.ts');
+      await runBackup(rest);
+      return;
+    }
+    case 'restore': {
+      const { runRestore } = await import('./backup.ts');
+      await runRestore(rest);
+      return;
+    }
     default:
       if (clientCommands.includes(command)) return runClientCommand(command, rest);
       throw new ConfigError(`Unknown command "${command}"; run mainstay help`);

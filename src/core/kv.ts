@@ -4,7 +4,9 @@
 // part of the replicated state, so every server has the same one).
 
 import { assert, unreachable } from '../lib/assert.ts';
-import type { Epoch, KeyValue, LogEntry, Operation, Seq, Session, Write, WriteResult } from '../protocol/types.ts';
+import type { Epoch, KeyValue, LogEntry, Operation, Seq, Session, SessionRecord, Write, WriteResult } from '../protocol/types.ts';
+
+export type { SessionRecord } from '../protocol/types.ts';
 import { epoch, seq } from '../protocol/types.ts';
 import { compareKeys } from '../lib/keys.ts';
 
@@ -12,15 +14,6 @@ export interface StoredValue {
   value: Uint8Array;
   /** The seq of the key's last change. */
   version: number;
-}
-
-/** The last request applied for one client, and what it produced. */
-export interface SessionRecord {
-  clientId: string;
-  requestId: number;
-  result: WriteResult;
-  /** Seq of the entry that last touched this record; orders eviction identically on every server. */
-  lastSeq: Seq;
 }
 
 /** One atomic change of the store: keys (null = delete), sessions (null = evict), new appliedSeq. */
@@ -47,6 +40,25 @@ export interface KvStore {
   commit(batch: KvBatch): void;
   /** Remove every key and session and set appliedSeq to 0, atomically (K = 0 rebuilds only). */
   reset(): void;
+  /**
+   * A point-in-time view of the durable state, read in chunks while the store keeps changing: what
+   * a main streams to a standby that needs entries its log no longer has.
+   */
+  snapshotReader(): KvSnapshotReader;
+}
+
+export interface SnapshotChunk {
+  items: KeyValue[];
+  sessions: SessionRecord[];
+}
+
+export interface KvSnapshotReader {
+  /** The appliedSeq and appliedEpoch of the view: the state after applying the log up to seq. */
+  readonly seq: Seq;
+  readonly epoch: Epoch;
+  /** The next chunk of at most maxItems keys (then sessions), or undefined at the end. */
+  next(maxItems: number): SnapshotChunk | undefined;
+  close(): void;
 }
 
 export interface KvLimits {
@@ -70,6 +82,8 @@ export class KvState {
     private readonly limits: KvLimits,
   ) {
     assert(limits.sessionsMax >= 1, 'KvState needs room for at least one session');
+    // Nothing applied means nothing stored: keys here are a snapshot install a crash interrupted.
+    if (store.appliedSeq() === 0 && (store.range('', 1).length > 0 || store.loadSessions().length > 0)) store.reset();
     const loaded = store.loadSessions().sort((a, b) => a.lastSeq - b.lastSeq);
     for (const record of loaded) this.sessions.set(record.clientId, record);
   }
@@ -97,6 +111,28 @@ export class KvState {
   reset(): void {
     this.store.reset();
     this.sessions.clear();
+  }
+
+  /** Store one chunk of a snapshot being installed (after reset(); appliedSeq stays 0 meanwhile). */
+  installChunk(chunk: SnapshotChunk): void {
+    assert(this.appliedSeq === 0, 'snapshot chunks go into an empty state');
+    const keys = new Map<string, StoredValue | null>();
+    for (const item of chunk.items) keys.set(item.key, { value: item.value, version: item.version });
+    const sessions = new Map<string, SessionRecord | null>();
+    for (const record of chunk.sessions) sessions.set(record.clientId, record);
+    this.store.commit({ keys, sessions, appliedSeq: seq(0), appliedEpoch: epoch(0) });
+  }
+
+  /** The last chunk is in: the state is the main's at (snapshotSeq, snapshotEpoch). */
+  finishSnapshot(snapshotSeq: Seq, snapshotEpoch: Epoch): void {
+    assert(this.appliedSeq === 0 && snapshotSeq > 0, 'a snapshot finishes an install into an empty state');
+    this.store.commit({ keys: new Map(), sessions: new Map(), appliedSeq: snapshotSeq, appliedEpoch: snapshotEpoch });
+    this.sessions.clear();
+    for (const record of this.store.loadSessions().sort((a, b) => a.lastSeq - b.lastSeq)) this.sessions.set(record.clientId, record);
+  }
+
+  snapshotReader(): KvSnapshotReader {
+    return this.store.snapshotReader();
   }
 
   /** The recorded result if this exact request was already applied. */
@@ -296,5 +332,30 @@ export class MemoryKvStore implements KvStore {
     this.sessionRecords.clear();
     this.applied = seq(0);
     this.appliedAtEpoch = epoch(0);
+  }
+
+  snapshotReader(): KvSnapshotReader {
+    // A copy taken now: later commits do not change it.
+    const items = this.range('', Number.MAX_SAFE_INTEGER);
+    const sessions = [...this.sessionRecords.values()];
+    let offset = 0;
+    let sessionsSent = false;
+    return {
+      seq: this.applied,
+      epoch: this.appliedAtEpoch,
+      next(maxItems: number): SnapshotChunk | undefined {
+        if (offset < items.length) {
+          const chunk = items.slice(offset, offset + maxItems);
+          offset += chunk.length;
+          return { items: chunk, sessions: [] };
+        }
+        if (!sessionsSent) {
+          sessionsSent = true;
+          return { items: [], sessions };
+        }
+        return undefined;
+      },
+      close(): void {},
+    };
   }
 }

@@ -96,13 +96,13 @@ interface ServerView {
 
 type AfterPersist = 'broadcastMap' | 'sendFences';
 
-export function initialManagerState(members: Member[], ackQuorum: number): ManagerState {
+export function initialManagerState(members: Member[], ackQuorum: number, initialEpoch = 0): ManagerState {
   assert(members.length >= 1, 'a cluster needs at least one server');
   assert(new Set(members.map((member) => member.id)).size === members.length, 'server ids must be unique');
   const standbys = members.filter((member) => member.role === 'standby').length;
   assert(ackQuorum >= 0 && ackQuorum <= Math.max(0, standbys - 1), `ackQuorum ${ackQuorum} needs at least ${ackQuorum + 1} standby-role servers`);
   return {
-    epoch: epoch(0), main: null, previousMain: null, members, ackQuorum, mapVersion: 0, phase: 'stable', reason: '',
+    epoch: epoch(initialEpoch), main: null, previousMain: null, members, ackQuorum, mapVersion: 0, phase: 'stable', reason: '',
     preferredMain: null, jointWith: null, pendingRemoval: null,
   };
 }

@@ -58,6 +58,15 @@ export type WriteResult =
   | { status: 'preconditionFailed'; seq: Seq; epoch: Epoch; version: number }
   | { status: 'txn'; seq: Seq; epoch: Epoch; succeeded: boolean };
 
+/** The last request applied for one client, and what it produced (part of the replicated state). */
+export interface SessionRecord {
+  clientId: string;
+  requestId: number;
+  result: WriteResult;
+  /** Seq of the entry that last touched this record; orders eviction identically on every server. */
+  lastSeq: Seq;
+}
+
 export type Consistency = 'linearizable' | 'local';
 
 export type ClientRequest =

@@ -36,6 +36,7 @@ export const managerOptions: OptionSpec[] = [
   { name: 'servers', type: 'string', required: true, description: 'The initial members: id=httpHost:httpPort/peerHost:peerPort, comma separated (used when the data dir is new).' },
   { name: 'ack-quorum', type: 'integer', default: 1, min: 0, max: 64, description: 'K: standbys that must have a write durably before it commits (used when the data dir is new).' },
   { name: 'failover-after-ms', type: 'integer', default: 1000, min: 50, max: 600_000, description: 'How long a main may be unreachable before it is failed over.' },
+  { name: 'initial-epoch', type: 'integer', default: 0, min: 0, max: 0xfffffffe, description: 'For a new cluster started on restored data: the backup\'s epoch (the first main is appointed above it).' },
 ];
 
 export const serverOptions: OptionSpec[] = [

@@ -18,6 +18,8 @@ import type { HostPort, ServerAddressBook } from './config.ts';
 import { formatHostPort, parseHostPort } from './config.ts';
 
 export interface ManagerProcessConfig {
+  /** A new cluster's epoch before its first appointment (the epoch of restored data). */
+  initialEpoch?: number;
   dataDir: string;
   listenHttp: HostPort;
   listenPeer: HostPort;
@@ -50,7 +52,7 @@ async function loadState(path: string, config: ManagerProcessConfig): Promise<{ 
     text = await readFile(path, 'utf8');
   } catch (error) {
     if ((error as NodeJS.ErrnoException).code !== 'ENOENT') throw error;
-    return { state: initialManagerState(config.servers.map(memberOf), config.ackQuorum), fresh: true };
+    return { state: initialManagerState(config.servers.map(memberOf), config.ackQuorum, config.initialEpoch ?? 0), fresh: true };
   }
   return { state: JSON.parse(text) as ManagerState, fresh: false };
 }

@@ -22,6 +22,7 @@ import { TcpTransport } from '../transport/tcp.ts';
 import type { HostPort } from './config.ts';
 import { formatHostPort, parseHostPort } from './config.ts';
 import { ServerMetrics } from './metrics.ts';
+import { handleSnapshotRequest, snapshotPath } from './snapshot-http.ts';
 
 export interface ServerProcessConfig {
   id: string;
@@ -57,7 +58,7 @@ export async function startServerProcess(config: ServerProcessConfig): Promise<R
   if (recovered.corruptionFound) logger.error('The log failed its checksum below its last record: this server is incomplete until repaired from the main');
   const bootId = randomInt(1, 2 ** 47);
   const core = new ServerCore({ id, timings: config.timings, limits: config.limits }, {
-    meta: recovered.meta, entries: recovered.entries, firstSeq: recovered.firstSeq,
+    meta: recovered.meta, entries: recovered.entries, firstSeq: recovered.firstSeq, baseEpoch: recovered.baseEpoch,
     corruptionFound: recovered.corruptionFound, bootId, store,
   });
   logger.info({ lastSeq: core.lastSeq, appliedSeq: core.applied, promisedEpoch: core.promised, bootId }, 'Recovered; starting as a standby');
@@ -148,6 +149,11 @@ export async function startServerProcess(config: ServerProcessConfig): Promise<R
   run(core.tick(now()));
 
   const http = createServer({ keepAlive: true }, (request, response) => {
+    if (new URL(request.url ?? '/', 'http://server').pathname === snapshotPath) {
+      handleSnapshotRequest(store, request, response, { onError: (error) => logger.warn({ err: error }, 'A snapshot stream failed') })
+        .catch((error: unknown) => logger.error({ err: error }, 'The snapshot handler failed'));
+      return;
+    }
     handleHttp(request, response).catch((error: unknown) => {
       logger.error({ err: error }, 'HTTP handler failed');
       if (!response.headersSent) response.writeHead(500, { 'content-type': 'application/json' });

@@ -9,7 +9,8 @@ import { MemoryKvStore } from '../core/kv.ts';
 import type { DiskOperation } from '../core/server.ts';
 import type { ServerMeta } from '../protocol/messages.ts';
 import type { LogEntry } from '../protocol/types.ts';
-import { epoch } from '../protocol/types.ts';
+import type { Epoch, Seq } from '../protocol/types.ts';
+import { epoch, seq } from '../protocol/types.ts';
 
 interface PendingOperation {
   operationId: number;
@@ -27,13 +28,19 @@ export interface CrashOutcome {
 
 export interface Recovery {
   entries: LogEntry[];
+  firstSeq: Seq;
+  baseEpoch: Epoch;
   meta: ServerMeta;
   corruptionFound: boolean;
 }
 
 export class SimDisk {
-  /** The log file's durable records: durableLog[i] has seq i + 1. */
-  readonly durableLog: LogEntry[] = [];
+  /** The log file's durable records: durableLog[i] has seq logStart + i. */
+  durableLog: LogEntry[] = [];
+  /** Seq of durableLog[0]; entries below were compacted or replaced by a snapshot of the state. */
+  logStart: Seq = seq(1);
+  /** Epoch of the entry at logStart − 1. */
+  logStartEpoch: Epoch = epoch(0);
   durableMeta: ServerMeta = { promisedEpoch: epoch(0), incomplete: false };
   readonly store = new MemoryKvStore();
   private pending: PendingOperation[] = [];
@@ -64,18 +71,37 @@ export class SimDisk {
         let written = 0;
         for (const entry of operation.entries) {
           if (written++ >= entriesLimit) break;
-          assert(entry.seq === this.durableLog.length + 1, `disk append at ${entry.seq} after ${this.durableLog.length}`);
+          assert(entry.seq === this.lastSeq + 1, `disk append at ${entry.seq} after ${this.lastSeq}`);
           this.durableLog.push(entry);
         }
         break;
       }
       case 'truncate':
-        if (operation.afterSeq < this.durableLog.length) this.durableLog.length = operation.afterSeq;
+        if (operation.afterSeq < this.lastSeq) this.durableLog.length = Math.max(0, operation.afterSeq - this.logStart + 1);
+        break;
+      case 'resetLog':
+        this.durableLog = [];
+        this.logStart = operation.firstSeq;
+        this.logStartEpoch = operation.baseEpoch;
         break;
       case 'meta':
         this.durableMeta = { ...operation.meta };
         break;
     }
+  }
+
+  get lastSeq(): number {
+    return this.logStart + this.durableLog.length - 1;
+  }
+
+  /** The durable entry at a seq, if the log holds it. */
+  entryAt(at: number): LogEntry | undefined {
+    return this.durableLog[at - this.logStart];
+  }
+
+  /** Epoch of the last durable entry (or of the snapshot the log starts after). */
+  get lastEpoch(): Epoch {
+    return this.durableLog[this.durableLog.length - 1]?.epoch ?? this.logStartEpoch;
   }
 
   /** The process died: keep what is durable plus, by chance, a prefix of what was not. */
@@ -121,13 +147,13 @@ export class SimDisk {
     let corruptionFound = false;
     if (this.flippedRecord !== undefined) {
       // What corruption destroyed was durable once: keep it for the checker (see lostToCorruption).
-      for (let i = this.flippedRecord; i < this.durableLog.length; i++) this.lostToCorruption.set(i + 1, this.durableLog[i] as LogEntry);
+      for (let i = this.flippedRecord; i < this.durableLog.length; i++) this.lostToCorruption.set(this.logStart + i, this.durableLog[i] as LogEntry);
       // Mark the server incomplete durably before cutting, so no later start forgets it.
       this.durableMeta = { ...this.durableMeta, incomplete: true };
       this.durableLog.length = this.flippedRecord;
       this.flippedRecord = undefined;
       corruptionFound = true;
     }
-    return { entries: [...this.durableLog], meta: { ...this.durableMeta }, corruptionFound };
+    return { entries: [...this.durableLog], firstSeq: this.logStart, baseEpoch: this.logStartEpoch, meta: { ...this.durableMeta }, corruptionFound };
   }
 }

@@ -1,7 +1,9 @@
 // The conformance suite every disk of a server passes, the real one (FileLog) and the simulated
 // one (SimDisk): the core's disk operations, run in order and reported durable in order, leave
 // after a clean close and a reopen exactly what a simple model of a log and a meta file says.
-// Seeded: a failure names the seed that reproduces it.
+// Seeded: a failure names the seed that reproduces it. Two parts are optional, for disks that
+// have them: the resetLog operation (options.resetLog) and compaction (a disk with
+// removeSegmentsBefore and firstSeq).
 
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
@@ -19,12 +21,19 @@ export interface DiskUnderTest {
   onDurable: (operationId: number) => void;
   /** Waits for submitted work, then closes. */
   close(): Promise<void>;
+  /**
+   * Compaction, if the disk has it: drops entries below a seq of its choosing at most `beforeSeq`,
+   * in order with the operations submitted before; `firstSeq` then says where the log starts.
+   */
+  removeSegmentsBefore?(beforeSeq: Seq): Promise<number>;
+  readonly firstSeq?: Seq;
 }
 
 export interface RecoveredDisk {
   meta: ServerMeta;
   entries: LogEntry[];
   firstSeq?: Seq;
+  baseEpoch?: Epoch;
   corruptionFound: boolean;
   tornTailCut?: boolean;
 }
@@ -43,6 +52,8 @@ export interface ConformanceOptions {
   roundsPerSeed?: number;
   /** Most operations submitted per round. */
   operationsPerRoundMax?: number;
+  /** The disk implements the resetLog operation (default false). */
+  resetLog?: boolean;
 }
 
 /** How long a disk may take to report submitted operations durable before the test fails. */
@@ -51,32 +62,51 @@ const defaultSeeds = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12];
 
 /** The model: what a log and a meta file hold after the operations, applied one by one. */
 class DiskModel {
+  /** entries[i] has seq firstSeq + i. */
   entries: LogEntry[] = [];
+  firstSeq = 1;
+  /** Epoch of the entry at firstSeq − 1. */
+  baseEpoch: Epoch = epoch(0);
   meta: ServerMeta = { promisedEpoch: epoch(0), incomplete: false };
 
   get lastSeq(): number {
-    return this.entries.length;
+    return this.firstSeq - 1 + this.entries.length;
   }
 
   get lastEpoch(): Epoch {
-    return this.entries.at(-1)?.epoch ?? epoch(0);
+    return this.entries.at(-1)?.epoch ?? this.baseEpoch;
   }
 
   apply(operation: DiskOperation): void {
     switch (operation.type) {
       case 'append':
         for (const entry of operation.entries) {
-          assert.equal(entry.seq, this.entries.length + 1, 'the generator appends in order');
+          assert.equal(entry.seq, this.lastSeq + 1, 'the generator appends in order');
           this.entries.push(entry);
         }
         break;
       case 'truncate':
-        if (operation.afterSeq < this.entries.length) this.entries.length = operation.afterSeq;
+        assert.ok(operation.afterSeq >= this.firstSeq - 1, 'the generator truncates within the log');
+        if (operation.afterSeq < this.lastSeq) this.entries.length = operation.afterSeq - this.firstSeq + 1;
         break;
       case 'meta':
         this.meta = { ...operation.meta };
         break;
+      case 'resetLog':
+        this.entries = [];
+        this.firstSeq = operation.firstSeq;
+        this.baseEpoch = operation.baseEpoch;
+        break;
     }
+  }
+
+  /** The disk compacted its log to start at `firstSeq`. */
+  compactTo(firstSeq: number): void {
+    assert.ok(firstSeq >= this.firstSeq && firstSeq <= this.lastSeq + 1, `a compaction keeps the log's end: ${firstSeq} in [${this.firstSeq}, ${this.lastSeq + 1}]`);
+    if (firstSeq === this.firstSeq) return;
+    this.baseEpoch = (this.entries[firstSeq - 1 - this.firstSeq] as LogEntry).epoch;
+    this.entries = this.entries.slice(firstSeq - this.firstSeq);
+    this.firstSeq = firstSeq;
   }
 }
 
@@ -145,7 +175,13 @@ function randomWrite(random: Random): Write {
 }
 
 /** The next random operation against the model; epochs of appended entries never decrease. */
-function randomOperation(random: Random, model: DiskModel, state: { epoch: number }): DiskOperation {
+function randomOperation(random: Random, model: DiskModel, state: { epoch: number }, withResetLog: boolean): DiskOperation {
+  if (withResetLog && random.chance(0.03)) {
+    // A snapshot's position: usually ahead of the log, sometimes inside it or behind its start.
+    const firstSeq = Math.max(1, random.chance(0.7) ? model.lastSeq + random.int(1, 300) : model.lastSeq - random.int(0, 200));
+    if (random.chance(0.5)) state.epoch++;
+    return { type: 'resetLog', firstSeq: seq(firstSeq), baseEpoch: epoch(firstSeq === 1 ? 0 : random.int(1, state.epoch)) };
+  }
   const roll = random.float();
   if (roll < 0.7) {
     if (random.chance(0.1)) state.epoch++;
@@ -161,7 +197,8 @@ function randomOperation(random: Random, model: DiskModel, state: { epoch: numbe
   }
   if (roll < 0.85) {
     // Mostly a cut near the end, sometimes anywhere, sometimes past the end (which changes nothing).
-    const afterSeq = random.chance(0.7) ? Math.max(0, model.lastSeq - random.int(0, 10)) : random.int(0, model.lastSeq + 2);
+    const lowest = model.firstSeq - 1;
+    const afterSeq = random.chance(0.7) ? Math.max(lowest, model.lastSeq - random.int(0, 10)) : random.int(lowest, model.lastSeq + 2);
     return { type: 'truncate', afterSeq: seq(afterSeq) };
   }
   if (random.chance(0.7)) state.epoch++;
@@ -181,7 +218,8 @@ function assertSameEntries(actual: readonly LogEntry[], expected: readonly LogEn
 function assertRecovered(recovered: RecoveredDisk, model: DiskModel, context: string): void {
   assert.equal(recovered.corruptionFound, false, `${context}: no corruption after a clean close`);
   assert.notEqual(recovered.tornTailCut, true, `${context}: no torn tail after a clean close`);
-  assert.equal(recovered.firstSeq ?? 1, 1, `${context}: the log starts at seq 1`);
+  assert.equal(recovered.firstSeq ?? 1, model.firstSeq, `${context}: the log starts at seq ${model.firstSeq}`);
+  assert.equal(recovered.baseEpoch ?? 0, model.baseEpoch, `${context}: the base epoch`);
   assert.deepEqual(recovered.meta, model.meta, `${context}: meta`);
   assertSameEntries(recovered.entries, model.entries, context);
 }
@@ -234,6 +272,39 @@ export function diskConformance(name: string, factory: () => Promise<DiskSubject
       }
     });
 
+    it('resetLog drops the log and appends continue at its firstSeq', { skip: options.resetLog !== true && 'the disk has no resetLog yet' }, async () => {
+      const subject = await factory();
+      try {
+        const model = new DiskModel();
+        const reports = new DurabilityReports();
+        const { disk } = await subject.open();
+        disk.onDurable = reports.onDurable;
+        const operations: DiskOperation[] = [
+          { type: 'append', entries: [1, 2, 3, 4, 5].map((at) => ({ epoch: epoch(1), seq: seq(at), write: { type: 'epochStart' } })) },
+          // Behind the log's end: the old entries 3..5 must not come back.
+          { type: 'resetLog', firstSeq: seq(3), baseEpoch: epoch(1) },
+          { type: 'append', entries: [{ epoch: epoch(2), seq: seq(3), write: { type: 'delete', key: 'k' } }] },
+          { type: 'resetLog', firstSeq: seq(1000), baseEpoch: epoch(4) },
+          { type: 'append', entries: [1000, 1001].map((at) => ({ epoch: epoch(5), seq: seq(at), write: { type: 'epochStart' } })) },
+          { type: 'truncate', afterSeq: seq(999) },
+          { type: 'append', entries: [{ epoch: epoch(6), seq: seq(1000), write: { type: 'epochStart' } }] },
+        ];
+        for (const operation of operations) {
+          disk.submit(++reports.submitted, operation);
+          model.apply(operation);
+        }
+        await reports.all();
+        await disk.close();
+        assert.deepEqual(reports.problems, []);
+        const reopened = await subject.open();
+        assertRecovered(reopened.recovered, model, 'after resets');
+        assert.equal(reopened.recovered.firstSeq, 1000);
+        await reopened.disk.close();
+      } finally {
+        await subject.destroy();
+      }
+    });
+
     for (const seed of seeds) {
       it(`random appends, truncates and meta writes survive close and reopen (seed ${seed})`, async () => {
         const random = new Random(seed);
@@ -249,7 +320,11 @@ export function diskConformance(name: string, factory: () => Promise<DiskSubject
             disk.onDurable = reports.onDurable;
             const count = random.int(1, operationsPerRoundMax);
             for (let i = 0; i < count; i++) {
-              const operation = randomOperation(random, model, state);
+              if (disk.removeSegmentsBefore !== undefined && random.chance(0.05)) {
+                await disk.removeSegmentsBefore(seq(random.int(model.firstSeq, model.lastSeq + 2)));
+                model.compactTo(disk.firstSeq as Seq);
+              }
+              const operation = randomOperation(random, model, state, options.resetLog === true);
               disk.submit(++reports.submitted, operation);
               model.apply(operation);
               // Now and then let the disk work, so operations group in different ways.

@@ -8,19 +8,32 @@
 // Layout of a data directory:
 //   LOCK                          pid of the process that owns the directory (lock-file.ts)
 //   meta.json                     {"promisedEpoch":N,"incomplete":bool}, replaced atomically
+//   log-start.json                {"firstSeq":N,"baseEpoch":E}: where the log starts when it does
+//                                 not start at seq 1 (after a compaction or a reset to a snapshot),
+//                                 replaced atomically; absent means seq 1, base epoch 0
 //   log/00000000000000000001.seg  records from seq 1; a segment is named by its first seq
+//
+// The log start moves in two ways, each crash-safe because log-start.json is durable before any
+// segment it makes obsolete is deleted:
+// - removeSegmentsBefore (compaction): the new start is the first kept segment's name and the base
+//   epoch that of the last entry deleted. A crash before the deletions are durable leaves segments
+//   wholly below the start, which the next open deletes.
+// - resetLog (after a snapshot was installed): every segment goes, whatever seqs it holds. The
+//   record is first written with "resetting": true, then the segments are deleted, then the record
+//   is written without it; an open that finds "resetting" deletes every segment before anything
+//   else, so a crash anywhere in between never lets an old segment pass for part of the new log.
 
 import { join } from 'node:path';
 import { crc32 as zlibCrc32 } from 'node:zlib';
 import { assert } from '../lib/assert.ts';
 import type { DiskOperation } from '../core/server.ts';
 import type { ServerMeta } from '../protocol/messages.ts';
-import type { LogEntry, Seq } from '../protocol/types.ts';
+import type { Epoch, LogEntry, Seq } from '../protocol/types.ts';
 import { epoch, seq } from '../protocol/types.ts';
 import type { FileStat, LogFileSystem } from './file-log-system.ts';
 import { errorCode, nodeFileSystem, openFlags, readAll, readWholeFile, writeAll } from './file-log-system.ts';
-import type { Checksum } from './log-format.ts';
-import { LogScanner, RecordEncoder, parseSegmentName, recordEndOffset, segmentName } from './log-format.ts';
+import type { Checksum, LogStart } from './log-format.ts';
+import { LogScanner, RecordEncoder, parseSegmentName, recordEnd, recordEpochAt, segmentName } from './log-format.ts';
 import type { DirectoryLock } from './lock-file.ts';
 import { acquireDirectoryLock } from './lock-file.ts';
 
@@ -29,6 +42,7 @@ export const defaultSegmentBytesMax = 64 * 1024 * 1024;
 export const defaultGroupBytesMax = 8 * 1024 * 1024;
 
 export const metaFileName = 'meta.json';
+export const logStartFileName = 'log-start.json';
 export const logDirectoryName = 'log';
 
 export interface FileLogOptions {
@@ -50,6 +64,8 @@ export interface RecoveredLog {
   /** The valid log, consecutive from firstSeq. */
   entries: LogEntry[];
   firstSeq: Seq;
+  /** Epoch of the entry at firstSeq − 1 (compacted away or in a snapshot); 0 when firstSeq is 1. */
+  baseEpoch: Epoch;
   /** A record below the tail failed its checksum; the log was cut there and meta marked incomplete. */
   corruptionFound: boolean;
   /** The last record was incomplete or damaged with nothing valid after it (a torn write); it was cut. */
@@ -98,6 +114,8 @@ interface Segment {
   firstSeq: Seq;
   /** Seq of its last record (written, perhaps not yet durable); firstSeq − 1 when empty. */
   lastSeq: Seq;
+  /** Epoch of its last record; when empty, of the entry before it (so a compaction knows its base epoch). */
+  lastEpoch: Epoch;
   /** Bytes of records written to the file. */
   sizeBytes: number;
 }
@@ -123,7 +141,8 @@ export class FileLog {
   private readonly fs: LogFileSystem;
   /**
    * Segments in seq order, each starting where the one before ends; the last is the one
-   * appended to. Only the first (which keeps firstSeq) and the last may be empty.
+   * appended to. Only the first and the last may be empty. The first starts at the log start
+   * (below it only if the log start was recorded inside it; those records are not part of the log).
    */
   private readonly segments: Segment[];
   /** The last segment's file, open for reading and writing. */
@@ -132,8 +151,8 @@ export class FileLog {
   private segmentDirty = false;
   /** The log directory has a new file not yet synced. */
   private directoryDirty = false;
-  /** Where an empty log starts (the first segment's name once there is one). */
-  private readonly emptyFirstSeq: Seq;
+  /** Where the log starts: durable in log-start.json (or seq 1, base epoch 0, without one). */
+  private logStart: LogStart;
 
   private readonly queue: QueueItem[] = [];
   private readonly pendingRemovals = new Set<QueueItem & { kind: 'removeSegments' }>();
@@ -144,6 +163,8 @@ export class FileLog {
   private submittedId = 0;
   /** Log end as of every submitted operation, to check appends continue it. */
   private submittedLastSeq: Seq;
+  /** Log start as of every submitted resetLog (a removal may raise it further when it runs). */
+  private submittedFirstSeq: Seq;
   /** Highest operation id executed; the next sync makes it durable. */
   private executedId = 0;
   /** Operations executed and not yet reported. */
@@ -159,13 +180,14 @@ export class FileLog {
     private readonly dataDirFd: number,
     private readonly logDirFd: number,
     segments: Segment[],
-    firstSeq: Seq,
+    start: LogStart,
   ) {
     this.logDir = join(dataDir, logDirectoryName);
     this.fs = fileSystem;
     this.segments = segments;
-    this.emptyFirstSeq = firstSeq;
+    this.logStart = start;
     this.submittedLastSeq = this.lastSeq;
+    this.submittedFirstSeq = start.firstSeq;
   }
 
   static async open(dataDir: string, options: FileLogOptions): Promise<OpenedFileLog> {
@@ -192,7 +214,8 @@ export class FileLog {
         // The log directory may have just been created.
         await fileSystem.fsync(dataDirFd);
         const recovery = await recover(fileSystem, dataDir, dataDirFd, logDirFd, settings.checksum, warnings);
-        const log = new FileLog(dataDir, metrics, settings, fileSystem, lock, dataDirFd, logDirFd, recovery.segments, recovery.recovered.firstSeq);
+        const start = { firstSeq: recovery.recovered.firstSeq, baseEpoch: recovery.recovered.baseEpoch };
+        const log = new FileLog(dataDir, metrics, settings, fileSystem, lock, dataDirFd, logDirFd, recovery.segments, start);
         if (recovery.segments.length > 0) {
           log.currentFd = await fileSystem.open(join(logDir, segmentName((recovery.segments.at(-1) as Segment).firstSeq)), openFlags.readWrite);
         }
@@ -224,7 +247,14 @@ export class FileLog {
       }
       this.submittedLastSeq = seq(expected - 1);
     } else if (operation.type === 'truncate') {
+      assert(operation.afterSeq >= this.submittedFirstSeq - 1, `cannot truncate after seq ${operation.afterSeq}: the log starts at ${this.submittedFirstSeq}`);
       this.submittedLastSeq = seq(Math.min(this.submittedLastSeq, operation.afterSeq));
+    } else if (operation.type === 'resetLog') {
+      assert(Number.isSafeInteger(operation.firstSeq) && operation.firstSeq >= 1, `a log starts at a seq, not ${operation.firstSeq}`);
+      assert(Number.isSafeInteger(operation.baseEpoch) && operation.baseEpoch >= 0, `a base epoch is an epoch, not ${operation.baseEpoch}`);
+      assert(operation.firstSeq > 1 || operation.baseEpoch === 0, 'a log that starts at seq 1 has base epoch 0');
+      this.submittedFirstSeq = operation.firstSeq;
+      this.submittedLastSeq = seq(operation.firstSeq - 1);
     }
     this.submittedId = operationId;
     this.queue.push({ kind: 'operation', operationId, operation });
@@ -233,8 +263,10 @@ export class FileLog {
 
   /**
    * Deletes whole segments whose entries are all below `beforeSeq` (compaction), in order with
-   * the operations submitted before; the segment being appended to is never deleted. Resolves
-   * with the number of segments deleted, once the deletion is durable.
+   * the operations submitted before; the segment being appended to is never deleted. The new log
+   * start (the first kept segment's name, and the epoch of the entry before it) is made durable
+   * in log-start.json first, after the operations before it. Resolves with the number of segments
+   * deleted, once the deletion is durable.
    */
   removeSegmentsBefore(beforeSeq: Seq): Promise<number> {
     try {
@@ -264,15 +296,20 @@ export class FileLog {
     }
   }
 
-  /** Where the log starts: the first segment's name, or where an empty log starts. */
+  /** Seq of the first entry the log can hold (durable: it only moves once log-start.json does). */
   get firstSeq(): Seq {
-    return this.segments[0]?.firstSeq ?? this.emptyFirstSeq;
+    return this.logStart.firstSeq;
+  }
+
+  /** Epoch of the entry at firstSeq − 1; 0 when firstSeq is 1. */
+  get baseEpoch(): Epoch {
+    return this.logStart.baseEpoch;
   }
 
   /** The last seq written (durable once reported). */
   get lastSeq(): Seq {
     const last = this.segments.at(-1);
-    return last === undefined ? seq(this.emptyFirstSeq - 1) : last.lastSeq;
+    return last === undefined ? seq(this.logStart.firstSeq - 1) : last.lastSeq;
   }
 
   get segmentCount(): number {
@@ -370,6 +407,16 @@ export class FileLog {
           this.report();
           break;
         }
+        case 'resetLog': {
+          // Likewise: everything before the reset is durable first.
+          await writePending();
+          await this.syncLog();
+          this.report();
+          await this.resetLog({ firstSeq: operation.firstSeq, baseEpoch: operation.baseEpoch });
+          this.executed(operationId);
+          this.report();
+          break;
+        }
       }
     }
     await writePending();
@@ -419,6 +466,7 @@ export class FileLog {
       this.metrics.bytesWritten += end - start;
       current.sizeBytes += end - start;
       current.lastSeq = seq(firstSeq + next - 1);
+      current.lastEpoch = recordEpochAt(bytes, next >= 2 ? recordEnds[next - 2] as number : 0);
       this.segmentDirty = true;
       start = end;
       record = next;
@@ -428,8 +476,13 @@ export class FileLog {
   private async createSegment(firstSeq: Seq): Promise<void> {
     assert(this.currentFd === undefined, 'the current segment is still open');
     this.currentFd = await this.fs.open(join(this.logDir, segmentName(firstSeq)), openFlags.createNew, 0o644);
-    this.segments.push({ firstSeq, lastSeq: seq(firstSeq - 1), sizeBytes: 0 });
+    this.segments.push({ firstSeq, lastSeq: seq(firstSeq - 1), lastEpoch: this.epochBefore(this.segments.length), sizeBytes: 0 });
     this.directoryDirty = true;
+  }
+
+  /** Epoch of the entry just before segment `index` (which may be one past the last). */
+  private epochBefore(index: number): Epoch {
+    return index === 0 ? this.logStart.baseEpoch : (this.segments[index - 1] as Segment).lastEpoch;
   }
 
   private async rollSegment(firstSeq: Seq): Promise<void> {
@@ -474,8 +527,15 @@ export class FileLog {
     const segment = this.segments[target] as Segment;
     const fd = this.currentFd as number;
     let keepBytes = 0;
-    if (afterSeq >= segment.lastSeq) keepBytes = segment.sizeBytes;
-    else if (afterSeq >= segment.firstSeq) keepBytes = recordEndOffset(await readAll(this.fs, fd, segment.sizeBytes), segment.firstSeq, afterSeq);
+    if (afterSeq >= segment.lastSeq) {
+      keepBytes = segment.sizeBytes;
+    } else if (afterSeq >= segment.firstSeq) {
+      const end = recordEnd(await readAll(this.fs, fd, segment.sizeBytes), segment.firstSeq, afterSeq);
+      keepBytes = end.offset;
+      segment.lastEpoch = end.epoch as Epoch;
+    } else {
+      segment.lastEpoch = this.epochBefore(target);
+    }
     if (keepBytes < segment.sizeBytes) {
       await this.fs.ftruncate(fd, keepBytes);
       // fsync, not fdatasync: the file's size is what changed.
@@ -489,26 +549,53 @@ export class FileLog {
   }
 
   private async removeSegments(beforeSeq: Seq): Promise<number> {
-    let removed = 0;
     // A segment's entries are all below beforeSeq when the next segment starts at or below it.
-    while (this.segments.length > 1 && (this.segments[1] as Segment).firstSeq <= beforeSeq) {
-      await this.fs.unlink(join(this.logDir, segmentName((this.segments.shift() as Segment).firstSeq)));
-      removed++;
+    let count = 0;
+    while (count + 1 < this.segments.length && (this.segments[count + 1] as Segment).firstSeq <= beforeSeq) count++;
+    if (count === 0) return 0;
+    const kept = this.segments[count] as Segment;
+    const last = this.segments[count - 1] as Segment;
+    assert(last.lastSeq === kept.firstSeq - 1 && last.lastSeq >= last.firstSeq, 'a segment followed by another is not empty and ends where the next starts');
+    assert(kept.firstSeq > this.logStart.firstSeq, 'a compaction moves the log start up');
+    // What came before is durable first, then the new start, then the deletions: a crash leaves
+    // either the old start with every segment, or the new start with segments below it that the
+    // next open deletes.
+    await this.syncLog();
+    this.report();
+    const start = { firstSeq: kept.firstSeq, baseEpoch: last.lastEpoch };
+    await writeLogStart(this.fs, this.dataDir, this.dataDirFd, start);
+    this.logStart = start;
+    for (const segment of this.segments.splice(0, count)) await this.fs.unlink(join(this.logDir, segmentName(segment.firstSeq)));
+    await this.fs.fsync(this.logDirFd);
+    this.directoryDirty = false;
+    return count;
+  }
+
+  /** Drops every segment and starts the log empty at start.firstSeq (see the module comment). */
+  private async resetLog(start: LogStart): Promise<void> {
+    if (this.currentFd !== undefined) {
+      await this.fs.close(this.currentFd);
+      this.currentFd = undefined;
+      this.segmentDirty = false;
     }
-    if (removed > 0) {
+    if (this.segments.length > 0) {
+      await writeLogStart(this.fs, this.dataDir, this.dataDirFd, { ...start, resetting: true });
+      // The last first, like every other deletion, so a crash never leaves a gap in a log.
+      while (this.segments.length > 0) await this.fs.unlink(join(this.logDir, segmentName((this.segments.pop() as Segment).firstSeq)));
       await this.fs.fsync(this.logDirFd);
       this.directoryDirty = false;
     }
-    return removed;
+    await writeLogStart(this.fs, this.dataDir, this.dataDirFd, start);
+    this.logStart = start;
   }
 }
 
-// ---------------------------------------------------------------- meta
+// ---------------------------------------------------------------- meta and log start
 
-/** Replaces meta.json atomically and durably: temporary file, fsync, rename, fsync directory. */
-async function writeMeta(fileSystem: LogFileSystem, dataDir: string, dataDirFd: number, meta: ServerMeta): Promise<void> {
-  const bytes = new TextEncoder().encode(`${JSON.stringify({ promisedEpoch: meta.promisedEpoch, incomplete: meta.incomplete })}\n`);
-  const temporary = join(dataDir, `${metaFileName}.tmp`);
+/** Replaces a small file of the data directory atomically and durably: temporary file, fsync, rename, fsync directory. */
+async function writeSmallFileAtomic(fileSystem: LogFileSystem, dataDir: string, dataDirFd: number, name: string, value: unknown): Promise<void> {
+  const bytes = new TextEncoder().encode(`${JSON.stringify(value)}\n`);
+  const temporary = join(dataDir, `${name}.tmp`);
   const fd = await fileSystem.open(temporary, openFlags.replace, 0o644);
   try {
     await writeAll(fileSystem, fd, bytes, 0, bytes.length, 0);
@@ -516,33 +603,87 @@ async function writeMeta(fileSystem: LogFileSystem, dataDir: string, dataDirFd: 
   } finally {
     await fileSystem.close(fd);
   }
-  await fileSystem.rename(temporary, join(dataDir, metaFileName));
+  await fileSystem.rename(temporary, join(dataDir, name));
   await fileSystem.fsync(dataDirFd);
 }
 
-async function readMeta(fileSystem: LogFileSystem, dataDir: string): Promise<ServerMeta> {
-  const path = join(dataDir, metaFileName);
+function writeMeta(fileSystem: LogFileSystem, dataDir: string, dataDirFd: number, meta: ServerMeta): Promise<void> {
+  return writeSmallFileAtomic(fileSystem, dataDir, dataDirFd, metaFileName, { promisedEpoch: meta.promisedEpoch, incomplete: meta.incomplete });
+}
+
+/** The log start as log-start.json holds it; `resetting` is set while a reset deletes the old segments. */
+interface LogStartRecord extends LogStart {
+  resetting?: boolean;
+}
+
+function writeLogStart(fileSystem: LogFileSystem, dataDir: string, dataDirFd: number, start: LogStartRecord): Promise<void> {
+  return writeSmallFileAtomic(fileSystem, dataDir, dataDirFd, logStartFileName, {
+    firstSeq: start.firstSeq, baseEpoch: start.baseEpoch, ...(start.resetting === true ? { resetting: true } : {}),
+  });
+}
+
+/** Reads a small JSON object of the data directory; undefined if the file does not exist. */
+async function readSmallFile(fileSystem: LogFileSystem, dataDir: string, name: string): Promise<{ path: string; fields: Record<string, unknown> } | undefined> {
+  const path = join(dataDir, name);
   let text: string;
   try {
     text = new TextDecoder().decode(await readWholeFile(fileSystem, path));
   } catch (error) {
-    if (errorCode(error) === 'ENOENT') return { promisedEpoch: epoch(0), incomplete: false };
+    if (errorCode(error) === 'ENOENT') return undefined;
     throw error;
   }
-  // A damaged meta file stops the server: starting with promisedEpoch 0 could break a promise.
   let parsed: unknown;
   try {
     parsed = JSON.parse(text);
   } catch {
     throw new Error(`Cannot parse ${path}: it is not JSON`);
   }
-  if (typeof parsed !== 'object' || parsed === null) throw new Error(`Cannot parse ${path}: it is not an object`);
-  const { promisedEpoch, incomplete } = parsed as Record<string, unknown>;
-  if (typeof promisedEpoch !== 'number' || !Number.isSafeInteger(promisedEpoch) || promisedEpoch < 0) {
-    throw new Error(`Cannot parse ${path}: promisedEpoch is not a non-negative integer`);
-  }
-  if (typeof incomplete !== 'boolean') throw new Error(`Cannot parse ${path}: incomplete is not a boolean`);
+  if (typeof parsed !== 'object' || parsed === null || Array.isArray(parsed)) throw new Error(`Cannot parse ${path}: it is not an object`);
+  return { path, fields: parsed as Record<string, unknown> };
+}
+
+function isNonNegativeInteger(value: unknown): value is number {
+  return typeof value === 'number' && Number.isSafeInteger(value) && value >= 0;
+}
+
+async function readMeta(fileSystem: LogFileSystem, dataDir: string): Promise<ServerMeta> {
+  // A damaged meta file stops the server: starting with promisedEpoch 0 could break a promise.
+  const file = await readSmallFile(fileSystem, dataDir, metaFileName);
+  if (file === undefined) return { promisedEpoch: epoch(0), incomplete: false };
+  const { promisedEpoch, incomplete } = file.fields;
+  if (!isNonNegativeInteger(promisedEpoch)) throw new Error(`Cannot parse ${file.path}: promisedEpoch is not a non-negative integer`);
+  if (typeof incomplete !== 'boolean') throw new Error(`Cannot parse ${file.path}: incomplete is not a boolean`);
   return { promisedEpoch: epoch(promisedEpoch), incomplete };
+}
+
+async function readLogStart(fileSystem: LogFileSystem, dataDir: string): Promise<LogStartRecord | undefined> {
+  // A damaged log start stops the server too: guessing it could pass old entries off as the log.
+  const file = await readSmallFile(fileSystem, dataDir, logStartFileName);
+  if (file === undefined) return undefined;
+  const { firstSeq, baseEpoch, resetting } = file.fields;
+  if (!isNonNegativeInteger(firstSeq) || firstSeq < 1) throw new Error(`Cannot parse ${file.path}: firstSeq is not a positive integer`);
+  if (!isNonNegativeInteger(baseEpoch)) throw new Error(`Cannot parse ${file.path}: baseEpoch is not a non-negative integer`);
+  if (resetting !== undefined && typeof resetting !== 'boolean') throw new Error(`Cannot parse ${file.path}: resetting is not a boolean`);
+  return { firstSeq: seq(firstSeq), baseEpoch: epoch(baseEpoch), resetting: resetting === true };
+}
+
+/**
+ * Writes the files of a data directory whose log is empty and starts at `start` (a restore from a
+ * backup): meta.json and log-start.json, durably. The directory must hold no log yet.
+ */
+export async function writeEmptyLogStart(dataDir: string, start: LogStart, meta: ServerMeta, fileSystem: LogFileSystem = nodeFileSystem): Promise<void> {
+  assert(start.firstSeq >= 1 && (start.firstSeq > 1 || start.baseEpoch === 0), 'a log that starts at seq 1 has base epoch 0');
+  await fileSystem.mkdir(join(dataDir, logDirectoryName));
+  const segments = (await fileSystem.readdir(join(dataDir, logDirectoryName))).filter((name) => parseSegmentName(name) !== undefined);
+  if (segments.length > 0) throw new Error(`Cannot start an empty log in ${dataDir}: it already has log segments`);
+  const dataDirFd = await fileSystem.open(dataDir, openFlags.directory);
+  try {
+    await fileSystem.fsync(dataDirFd);
+    await writeLogStart(fileSystem, dataDir, dataDirFd, start);
+    await writeMeta(fileSystem, dataDir, dataDirFd, meta);
+  } finally {
+    await fileSystem.close(dataDirFd);
+  }
 }
 
 // ---------------------------------------------------------------- recovery
@@ -552,11 +693,14 @@ async function recover(
 ): Promise<{ recovered: RecoveredLog; segments: Segment[] }> {
   const logDir = join(dataDir, logDirectoryName);
   let meta = await readMeta(fileSystem, dataDir);
-  await fileSystem.unlink(join(dataDir, `${metaFileName}.tmp`)).catch((error: unknown) => {
-    if (errorCode(error) !== 'ENOENT') throw error;
-  });
+  let startRecord = await readLogStart(fileSystem, dataDir);
+  for (const name of [metaFileName, logStartFileName]) {
+    await fileSystem.unlink(join(dataDir, `${name}.tmp`)).catch((error: unknown) => {
+      if (errorCode(error) !== 'ENOENT') throw error;
+    });
+  }
 
-  const files: { firstSeq: Seq; name: string; sizeBytes: number }[] = [];
+  let files: { firstSeq: Seq; name: string; sizeBytes: number }[] = [];
   for (const name of await fileSystem.readdir(logDir)) {
     const firstSeq = parseSegmentName(name);
     if (firstSeq === undefined) warnings.push(`Ignored ${join(logDir, name)}: not a segment file`);
@@ -564,8 +708,31 @@ async function recover(
   }
   files.sort((a, b) => a.firstSeq - b.firstSeq);
 
+  if (startRecord?.resetting === true) {
+    // A reset was cut short: every segment here belongs to the log before it.
+    for (let index = files.length - 1; index >= 0; index--) await fileSystem.unlink(join(logDir, (files[index] as { name: string }).name));
+    await fileSystem.fsync(logDirFd);
+    startRecord = { firstSeq: startRecord.firstSeq, baseEpoch: startRecord.baseEpoch };
+    await writeLogStart(fileSystem, dataDir, dataDirFd, startRecord);
+    warnings.push(`Finished resetting the log to start at seq ${startRecord.firstSeq} (a crash interrupted it): deleted ${files.length} old segments.`);
+    files = [];
+  }
+  const start: LogStart | undefined = startRecord === undefined ? undefined : { firstSeq: startRecord.firstSeq, baseEpoch: startRecord.baseEpoch };
+  if (start !== undefined) {
+    // Segments wholly below the start are what a compaction cut short left behind.
+    let below = 0;
+    while (below + 1 < files.length && (files[below + 1] as { firstSeq: Seq }).firstSeq <= start.firstSeq) below++;
+    if (below > 0) {
+      for (const file of files.splice(0, below)) await fileSystem.unlink(join(logDir, file.name));
+      await fileSystem.fsync(logDirFd);
+      warnings.push(`Deleted ${below} segments below the log start at seq ${start.firstSeq} (a compaction a crash interrupted).`);
+    }
+  } else if (files.length > 0 && (files[0] as { firstSeq: Seq }).firstSeq > 1) {
+    warnings.push(`The log starts at seq ${(files[0] as { firstSeq: Seq }).firstSeq} but ${join(dataDir, logStartFileName)} is missing; assuming base epoch 0.`);
+  }
+
   // One read per segment; the scanner keeps decoded entries, not the bytes.
-  const scanner = new LogScanner(checksum);
+  const scanner = new LogScanner(checksum, start);
   for (const file of files) {
     const bytes = await readWholeFile(fileSystem, join(logDir, file.name));
     file.sizeBytes = bytes.length;
@@ -611,8 +778,11 @@ async function recover(
   }
 
   return {
-    recovered: { meta, entries: scan.entries, firstSeq: scan.firstSeq, corruptionFound: scan.corruptionFound, tornTailCut: scan.tornTailCut },
-    segments: scan.kept.map((extent) => ({ firstSeq: extent.firstSeq, lastSeq: extent.lastSeq, sizeBytes: extent.validBytes })),
+    recovered: {
+      meta, entries: scan.entries, firstSeq: scan.firstSeq, baseEpoch: start?.baseEpoch ?? epoch(0),
+      corruptionFound: scan.corruptionFound, tornTailCut: scan.tornTailCut,
+    },
+    segments: scan.kept.map((extent) => ({ firstSeq: extent.firstSeq, lastSeq: extent.lastSeq, lastEpoch: extent.lastEpoch, sizeBytes: extent.validBytes })),
   };
 }
 

@@ -10,8 +10,8 @@ import assert from 'node:assert/strict';
 import { setImmediate as nextTurn } from 'node:timers/promises';
 import fc from 'fast-check';
 
-import type { KvBatch, KvStore, SessionRecord, StoredValue } from '../core/kv.ts';
-import { KvState } from '../core/kv.ts';
+import type { KvBatch, KvSnapshotReader, KvStore, SessionRecord, StoredValue } from '../core/kv.ts';
+import { KvState, MemoryKvStore } from '../core/kv.ts';
 import type { Epoch, KeyValue, LogEntry, Operation, Seq, Session, Write, WriteResult } from '../protocol/types.ts';
 import { epoch, seq } from '../protocol/types.ts';
 
@@ -200,6 +200,13 @@ export class OracleKvStore implements KvStore {
     this.applied = seq(0);
     this.appliedAtEpoch = epoch(0);
   }
+  snapshotReader(): KvSnapshotReader {
+    const memory = new MemoryKvStore();
+    memory.commit({ keys: new Map(this.range('', Number.MAX_SAFE_INTEGER).map((item) => [item.key, { value: item.value, version: item.version }])),
+      sessions: new Map(this.loadSessions().map((record) => [record.clientId, record])), appliedSeq: this.appliedSeq(), appliedEpoch: this.appliedEpoch() });
+    return memory.snapshotReader();
+  }
+
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -20,16 +20,17 @@ import { fileURLToPath } from 'node:url';
 import fc from 'fast-check';
 import { open } from 'lmdb';
 
-import type { KvStore, SessionRecord, StoredValue } from '../core/kv.ts';
+import type { KvStore, SessionRecord, SnapshotChunk, StoredValue } from '../core/kv.ts';
 import { KvState, MemoryKvStore } from '../core/kv.ts';
 import { Random } from '../lib/random.ts';
-import type { LogEntry, Operation, Session, Write } from '../protocol/types.ts';
+import type { KeyValue, LogEntry, Operation, Session, Write } from '../protocol/types.ts';
 import { epoch, seq } from '../protocol/types.ts';
 import type { KvStoreHandle } from './kv-store-conformance.ts';
 import { kvStoreConformance, sortSessions } from './kv-store-conformance.ts';
 import { compareKeys } from '../lib/keys.ts';
-import { lmdbKeyBytesMax, openLmdbStore } from './lmdb-store.ts';
+import { lmdbKeyBytesMax, openLmdbStore, writeRestoredStore } from './lmdb-store.ts';
 import type { LmdbKvStore } from './lmdb-store.ts';
+import type { KvSnapshot } from './snapshot.ts';
 
 const childRoleVariable = 'MAINSTAY_LMDB_TEST_CHILD';
 const thisFile = fileURLToPath(import.meta.url);
@@ -491,6 +492,221 @@ describe('LmdbKvStore', () => {
     await store.close();
     assert.throws(() => store.get('a'), /is closed/);
     assert.throws(() => store.commit({ keys: new Map(), sessions: new Map(), appliedSeq: seq(1), appliedEpoch: epoch(1) }), /is closed/);
+  }));
+});
+
+// ---------------------------------------------------------------------------------------------
+// 3. Snapshots: a consistent read, and installing one
+
+/** Every chunk of a snapshot, flattened: keys in order, then sessions. */
+function readSnapshot(snapshot: KvSnapshot, maxBytes: number): { keys: KeyValue[]; sessions: SessionRecord[]; chunks: SnapshotChunk[] } {
+  const chunks = [...snapshot.chunks(maxBytes)];
+  const keys: KeyValue[] = [];
+  const sessions: SessionRecord[] = [];
+  for (const chunk of chunks) {
+    assert.ok(chunk.items.length === 0 || chunk.sessions.length === 0, 'a chunk holds keys or sessions');
+    keys.push(...chunk.items);
+    sessions.push(...chunk.sessions);
+  }
+  return { keys, sessions, chunks };
+}
+
+function sessionRecord(clientId: string, at: number): SessionRecord {
+  return { clientId, requestId: at, result: { status: 'ok', seq: seq(at), epoch: epoch(1), version: at }, lastSeq: seq(at) };
+}
+
+/** Commits `count` batches of random puts, deletes and sessions from seq `from`; returns the model. */
+function commitRandomBatches(store: LmdbKvStore, random: Random, from: number, count: number, model: Map<string, StoredValue>, sessions: Map<string, SessionRecord>): number {
+  let at = from;
+  for (let batch = 0; batch < count; batch++, at++) {
+    const keys = new Map<string, StoredValue | null>();
+    for (let i = random.int(1, 20); i > 0; i--) {
+      const key = `k${random.int(0, 499)}${random.chance(0.1) ? '\u00E9\u{1F600}' : ''}`;
+      const value = random.chance(0.2) ? null : { value: Uint8Array.from({ length: random.int(0, 300) }, () => random.int(0, 255)), version: at };
+      keys.set(key, value);
+      if (value === null) model.delete(key);
+      else model.set(key, value);
+    }
+    const batchSessions = new Map<string, SessionRecord | null>();
+    if (random.chance(0.3)) {
+      const record = sessionRecord(`client-${random.int(0, 30)}`, at);
+      batchSessions.set(record.clientId, record);
+      sessions.set(record.clientId, record);
+    }
+    store.commit({ keys, sessions: batchSessions, appliedSeq: seq(at), appliedEpoch: epoch(1 + Math.floor(at / 50)) });
+  }
+  return at - 1;
+}
+
+function sortedModel(model: Map<string, StoredValue>): KeyValue[] {
+  return [...model].sort(([a], [b]) => compareKeys(a, b)).map(([key, value]) => ({ key, value: value.value, version: value.version }));
+}
+
+describe('LmdbKvStore: snapshots', () => {
+  it('a snapshot is the committed state at its seq, however the store changes while it is read', () => withDirectory(async (dir) => {
+    const store = await openLmdbStore(dir);
+    const random = new Random(7);
+    const model = new Map<string, StoredValue>();
+    const sessions = new Map<string, SessionRecord>();
+    const lastSeq = commitRandomBatches(store, random, 1, 200, model, sessions);
+    await store.flushed();
+    const expectedKeys = sortedModel(model);
+    const expectedSessions = [...sessions.values()].sort((a, b) => compareKeys(a.clientId, b.clientId));
+
+    const snapshot = store.openSnapshot();
+    assert.equal(snapshot.seq, lastSeq);
+    assert.equal(snapshot.epoch, 1 + Math.floor(lastSeq / 50));
+    assert.equal(snapshot.keyCount, expectedKeys.length);
+    assert.equal(snapshot.sessionCount, expectedSessions.length);
+    // More writes, committed and flushed, between the opening and the reading, and between chunks.
+    commitRandomBatches(store, random, lastSeq + 1, 100, new Map(model), new Map(sessions));
+    await store.flushed();
+    const chunks = snapshot.chunks(2000);
+    const first = chunks.next();
+    commitRandomBatches(store, random, lastSeq + 101, 100, new Map(model), new Map(sessions));
+    await store.flushed();
+    const rest = [...chunks];
+    const read = { keys: [] as KeyValue[], sessions: [] as SessionRecord[] };
+    for (const chunk of [first.value as SnapshotChunk, ...rest]) {
+      read.keys.push(...chunk.items);
+      read.sessions.push(...chunk.sessions);
+    }
+    assert.deepEqual(read.keys, expectedKeys);
+    assert.deepEqual(read.sessions, expectedSessions);
+    assert.ok(rest.length > 5, `${rest.length + 1} chunks of about 2000 bytes`);
+
+    // Every call starts over; a chunk holds at least one item; keys come before sessions.
+    const again = readSnapshot(snapshot, 1);
+    assert.deepEqual(again.keys, expectedKeys);
+    assert.equal(again.chunks.length, expectedKeys.length + expectedSessions.length);
+    assert.ok(again.chunks.findIndex((chunk) => chunk.sessions.length > 0) > again.chunks.findLastIndex((chunk) => chunk.items.length > 0));
+    // The core's reader: next(maxItems) keeps its place, keys first, then sessions.
+    const pulled: SnapshotChunk[] = [];
+    for (let chunk = snapshot.next(7); chunk !== undefined; chunk = snapshot.next(7)) pulled.push(chunk);
+    assert.ok(pulled.every((chunk) => chunk.items.length + chunk.sessions.length <= 7 && (chunk.items.length === 0 || chunk.sessions.length === 0)));
+    assert.deepEqual(pulled.flatMap((chunk) => chunk.items), expectedKeys);
+    assert.deepEqual(pulled.flatMap((chunk) => chunk.sessions), expectedSessions);
+    assert.equal(snapshot.next(7), undefined);
+    snapshot.close();
+    snapshot.close();
+    assert.throws(() => snapshot.chunks(10).next(), /The snapshot is closed/);
+    assert.equal(store.openSnapshot().seq, lastSeq + 200, 'a new snapshot sees the later batches');
+    await store.close();
+  }));
+
+  it('batches still on their way to LMDB are not part of a snapshot', () => withDirectory(async (dir) => {
+    const store = await openLmdbStore(dir);
+    store.commit({ keys: new Map([['a', stored('1', 1)]]), sessions: new Map(), appliedSeq: seq(1), appliedEpoch: epoch(1) });
+    await store.flushed();
+    store.commit({ keys: new Map([['a', stored('2', 2)], ['b', stored('2', 2)]]), sessions: new Map(), appliedSeq: seq(2), appliedEpoch: epoch(1) });
+    assert.equal(store.pendingBatchCount, 1);
+    const snapshot = store.openSnapshot();
+    assert.equal(snapshot.seq, 1);
+    assert.deepEqual(readSnapshot(snapshot, 100).keys, [{ key: 'a', ...stored('1', 1) }]);
+    // Closing the store closes the snapshots still open.
+    await store.close();
+    assert.throws(() => snapshot.chunks(10).next(), /The snapshot is closed/);
+  }));
+
+  it('installSnapshot and writeRestoredStore recreate the state exactly, durably', () => withDirectory(async (dir) => {
+    const source = await openLmdbStore(join(dir, 'source'));
+    const model = new Map<string, StoredValue>();
+    const sessions = new Map<string, SessionRecord>();
+    const lastSeq = commitRandomBatches(source, new Random(11), 1, 300, model, sessions);
+    await source.flushed();
+    const snapshot = source.openSnapshot();
+    const counts = await writeRestoredStore(join(dir, 'restored'), snapshot.chunks(3000), snapshot);
+    assert.deepEqual(counts, { keys: snapshot.keyCount, sessions: snapshot.sessionCount });
+    snapshot.close();
+
+    const restored = await openLmdbStore(join(dir, 'restored'));
+    assert.equal(restored.installInterrupted, false);
+    assert.equal(restored.appliedSeq(), lastSeq);
+    assert.equal(restored.appliedEpoch(), source.appliedEpoch());
+    assert.deepEqual(restored.range('', 100_000), sortedModel(model));
+    assert.deepEqual(sortSessions(restored.loadSessions()), sortSessions([...sessions.values()]));
+    // The restored store goes on taking batches.
+    restored.commit({ keys: new Map([['after', stored('x', lastSeq + 1)]]), sessions: new Map(), appliedSeq: seq(lastSeq + 1), appliedEpoch: epoch(9) });
+    await restored.close();
+    await assert.rejects(writeRestoredStore(join(dir, 'restored'), [], { seq: seq(1), epoch: epoch(1) }), /already holds a key-value store with data/);
+
+    // Installing over a store that has data replaces all of it.
+    const live = source;
+    await live.installSnapshot([{ items: [{ key: 'only', value: bytes('one'), version: 3 }], sessions: [] }], { seq: seq(5), epoch: epoch(2) });
+    assert.deepEqual(live.range('', 10), [{ key: 'only', value: bytes('one'), version: 3 }]);
+    assert.deepEqual(live.loadSessions(), []);
+    assert.equal(live.appliedSeq(), 5);
+    await live.close();
+    const reopened = await openLmdbStore(join(dir, 'source'));
+    assert.deepEqual(reopened.range('', 10), [{ key: 'only', value: bytes('one'), version: 3 }]);
+    assert.equal(reopened.appliedEpoch(), 2);
+    await reopened.close();
+  }));
+
+  it('refuses reads and commits during an install, and a failed install leaves the store empty at seq 0', () => withDirectory(async (dir) => {
+    const store = await openLmdbStore(dir);
+    store.commit({ keys: new Map([['old', stored('o', 1)]]), sessions: new Map(), appliedSeq: seq(1), appliedEpoch: epoch(1) });
+    let release: () => void = () => {};
+    const gate = new Promise<void>((resolve) => { release = resolve; });
+    async function* slow(): AsyncGenerator<SnapshotChunk> {
+      yield { items: [{ key: 'a', value: bytes('1'), version: 1 }], sessions: [] };
+      await gate;
+      yield { items: [{ key: 'b', value: bytes('2'), version: 2 }], sessions: [sessionRecord('c', 2)] };
+    }
+    const install = store.installSnapshot(slow(), { seq: seq(2), epoch: epoch(1) });
+    await nextTurn();
+    assert.throws(() => store.get('a'), /installing a snapshot/);
+    assert.throws(() => store.openSnapshot(), /installing a snapshot/);
+    assert.throws(() => store.commit({ keys: new Map(), sessions: new Map(), appliedSeq: seq(3), appliedEpoch: epoch(1) }), /installing a snapshot/);
+    release();
+    await install;
+    assert.deepEqual(store.range('', 10).map((item) => item.key), ['a', 'b']);
+
+    // Keys out of order: refused, and the store is left empty before the first entry.
+    assert.deepEqual(store.loadSessions(), [sessionRecord('c', 2)]);
+    await assert.rejects(store.installSnapshot([
+      { items: [{ key: 'b', value: bytes('1'), version: 1 }, { key: 'a', value: bytes('2'), version: 1 }], sessions: [] },
+    ], { seq: seq(2), epoch: epoch(1) }), /strictly increasing order/);
+    assert.deepEqual(store.range('', 10), []);
+    assert.equal(store.appliedSeq(), 0);
+    async function* broken(): AsyncGenerator<SnapshotChunk> {
+      yield { items: [{ key: 'a', value: bytes('1'), version: 1 }], sessions: [] };
+      throw new Error('The connection was cut');
+    }
+    await assert.rejects(store.installSnapshot(broken(), { seq: seq(2), epoch: epoch(1) }), /connection was cut/);
+    assert.deepEqual(store.range('', 10), []);
+    await store.close();
+    const reopened = await openLmdbStore(dir);
+    assert.equal(reopened.installInterrupted, false);
+    assert.equal(reopened.appliedSeq(), 0);
+    assert.deepEqual(reopened.range('', 10), []);
+    await reopened.close();
+  }));
+
+  it('an install cut short by a crash is noticed at the next open, which empties the store', () => withDirectory(async (dir) => {
+    const store = await openLmdbStore(dir);
+    store.commit({ keys: new Map([['a', stored('1', 1)]]), sessions: new Map([['c', sessionRecord('c', 1)]]), appliedSeq: seq(1), appliedEpoch: epoch(1) });
+    await store.close();
+    // What a crash in the middle of an install leaves: the mark, and some of the snapshot's keys.
+    const raw = open(dir, { maxDbs: 3 });
+    const meta = raw.openDB<Buffer, Buffer>('meta', { encoding: 'binary', keyEncoding: 'binary', useVersions: true });
+    const version = meta.getEntry(Buffer.from('applied'))?.version as number;
+    await raw.transaction(() => {
+      void meta.put(Buffer.from('installing'), Buffer.from('1'), version + 1);
+      void meta.put(Buffer.from('applied'), Buffer.alloc(16), version + 1);
+    });
+    await raw.close();
+    const reopened = await openLmdbStore(dir);
+    assert.equal(reopened.installInterrupted, true);
+    assert.equal(reopened.appliedSeq(), 0);
+    assert.deepEqual(reopened.range('', 10), []);
+    assert.deepEqual(reopened.loadSessions(), []);
+    reopened.commit({ keys: new Map([['b', stored('2', 1)]]), sessions: new Map(), appliedSeq: seq(1), appliedEpoch: epoch(1) });
+    await reopened.close();
+    const again = await openLmdbStore(dir);
+    assert.equal(again.installInterrupted, false);
+    assert.deepEqual(again.range('', 10).map((item) => item.key), ['b']);
+    await again.close();
   }));
 });
 

@@ -25,23 +25,35 @@
 // failed write: lmdb-js goes on committing the transactions queued behind a failed one, so every
 // batch is conditional on the previous batch being on disk (see `enqueue`).
 //
+// Snapshots: `openSnapshot` reads the state as LMDB's last committed transaction holds it, in one
+// read transaction, so keys, sessions, appliedSeq and appliedEpoch agree; batches still in the
+// overlay are not part of it (the snapshot's seq is the appliedSeq it shows). A snapshot held open
+// for long keeps LMDB from reusing the pages freed meanwhile, so the file grows while it is open.
+// `installSnapshot` replaces the whole state by a snapshot's, a chunk per transaction: the first
+// clears everything and marks the store `installing` durably, the last sets appliedSeq and removes
+// the mark, so a crash in between is noticed at the next open, which empties the store (appliedSeq
+// 0) instead of serving half a snapshot (`installInterrupted` tells the server).
+//
 // Layout: three LMDB sub-databases, so user keys never collide with metadata:
 // - `keys`: UTF-8 key bytes → 8-byte big-endian version (the seq of the key's last change) + value;
 // - `sessions`: UTF-8 clientId → the SessionRecord as JSON;
 // - `meta` (with lmdb-js entry versions): `format` → the layout's name; `applied` → appliedSeq and
-//   appliedEpoch (8 bytes each), its entry version the id of the batch that wrote it.
+//   appliedEpoch (8 bytes each), its entry version the id of the batch that wrote it; `installing`
+//   → present only while a snapshot is being installed.
 // Keys are raw UTF-8 bytes compared with memcmp, so `range` returns keys in UTF-8 byte order, which
 // is code point order (JavaScript's `<` compares UTF-16 code units and differs for characters above
 // U+FFFF versus U+E000–U+FFFF); `compareKeys` gives the same order for strings.
 
 import { compareKeys } from '../lib/keys.ts';
 import { open } from 'lmdb';
-import type { Database, RootDatabase } from 'lmdb';
+import type { Database, RootDatabase, Transaction } from 'lmdb';
 
 import { assert } from '../lib/assert.ts';
-import type { KvBatch, KvStore, SessionRecord, StoredValue } from '../core/kv.ts';
+import type { KvBatch, KvSnapshotReader, KvStore, SessionRecord, SnapshotChunk, StoredValue } from '../core/kv.ts';
 import type { Epoch, KeyValue, Seq } from '../protocol/types.ts';
 import { epoch, seq } from '../protocol/types.ts';
+import type { KvSnapshot, SnapshotPosition } from './snapshot.ts';
+import { keyChunkBytes } from './snapshot.ts';
 
 /** Name of the on-disk layout; a store written in another layout is refused, not misread. */
 const formatName = 'mainstay-kv-lmdb-1';
@@ -55,6 +67,9 @@ export const lmdbKeyBytesMax = 1978;
 const versionBytes = 8;
 const formatKey = Buffer.from('format');
 const appliedKey = Buffer.from('applied');
+const installingKey = Buffer.from('installing');
+/** Most install transactions queued for LMDB before installSnapshot waits for them to commit. */
+const installBatchesInflightMax = 8;
 
 export interface LmdbStoreOptions {
   /** Initial size of the memory map; lmdb-js grows it as the data grows. */
@@ -115,10 +130,25 @@ export async function openLmdbStore(path: string, options: LmdbStoreOptions = {}
     } else if (format !== formatName) {
       throw new Error(`Cannot open the key-value store at ${path}: its format is "${format}", expected "${formatName}"`);
     }
+    let installInterrupted = false;
+    if (meta.getBinary(installingKey) !== undefined) {
+      // Half a snapshot is no state at all: start empty, before the first entry.
+      installInterrupted = true;
+      const version = meta.getEntry(appliedKey)?.version ?? 0;
+      await root.transaction(() => {
+        void keys.clearAsync();
+        void sessions.clearAsync();
+        void meta.remove(installingKey);
+        void meta.put(appliedKey, encodeApplied(seq(0), epoch(0)), version + 1);
+      });
+      await root.flushed;
+    }
     const applied = meta.getEntry(appliedKey);
     assert(applied !== undefined && applied.value.length === 2 * versionBytes && applied.version !== undefined,
       `The key-value store at ${path} has no valid applied position`);
-    return new LmdbKvStore(path, root, keys, sessions, meta, { ...decodeApplied(applied.value), batchId: applied.version });
+    const store = new LmdbKvStore(path, root, keys, sessions, meta, { ...decodeApplied(applied.value), batchId: applied.version });
+    store.installInterrupted = installInterrupted;
+    return store;
   } catch (error) {
     await root.close();
     throw error;
@@ -159,6 +189,12 @@ export class LmdbKvStore implements KvStore {
   private readonly failed: Promise<never>;
   private rejectFailed: (error: Error) => void = () => {};
   private closed = false;
+  /** A snapshot install is under way: reads and commits are refused until it finishes or is abandoned. */
+  private installing = false;
+  /** Snapshots not yet closed; closing the store closes them. */
+  private readonly openSnapshots = new Set<LmdbSnapshot>();
+  /** The last open found a snapshot install cut short, and emptied the store (appliedSeq 0). */
+  installInterrupted = false;
 
   /** Use `openLmdbStore`. */
   constructor(
@@ -180,7 +216,7 @@ export class LmdbKvStore implements KvStore {
   }
 
   get(key: string): StoredValue | undefined {
-    this.assertOpen();
+    this.assertReadable();
     const pending = this.pendingKeys.get(key);
     if (pending !== undefined) return pending.stored === null ? undefined : copyStored(pending.stored);
     if (this.pendingResetId !== null) return undefined;
@@ -192,7 +228,7 @@ export class LmdbKvStore implements KvStore {
   }
 
   range(prefix: string, limit: number): KeyValue[] {
-    this.assertOpen();
+    this.assertReadable();
     const result: KeyValue[] = [];
     if (limit <= 0) return result;
     const prefixBytes = encodeKeyToRead(prefix);
@@ -245,7 +281,7 @@ export class LmdbKvStore implements KvStore {
   }
 
   loadSessions(): SessionRecord[] {
-    this.assertOpen();
+    this.assertReadable();
     const records: SessionRecord[] = [];
     if (this.pendingResetId === null) {
       for (const entry of this.sessions.getRange()) {
@@ -304,6 +340,12 @@ export class LmdbKvStore implements KvStore {
 
   reset(): void {
     this.assertWritable();
+    assert(!this.installing, 'The key-value store is installing a snapshot');
+    this.enqueueReset(false);
+  }
+
+  /** Queues the removal of every key and session, appliedSeq 0, and sets or removes the install mark. */
+  private enqueueReset(installing: boolean): void {
     const id = ++this.lastBatchId;
     // Older overlay entries are obsolete: the reset comes after them.
     this.pendingKeys.clear();
@@ -314,8 +356,127 @@ export class LmdbKvStore implements KvStore {
     this.enqueue({ id, keys: [], clientIds: [], isReset: true }, () => {
       void this.keys.clearAsync();
       void this.sessions.clearAsync();
+      if (installing) void this.meta.put(installingKey, Buffer.from('1'), id);
+      else void this.meta.remove(installingKey);
       void this.meta.put(appliedKey, encodeApplied(seq(0), epoch(0)), id);
     });
+  }
+
+  /** Resolves once every batch queued so far has committed (not necessarily synced); rejects on failure. */
+  private async committed(): Promise<void> {
+    await this.lastWrite;
+    if (this.failure !== null) throw this.failure;
+  }
+
+  // ---------------------------------------------------------------- snapshots
+
+  /** The core's view of a snapshot (KvStore): see openSnapshot. */
+  snapshotReader(): KvSnapshotReader {
+    return this.openSnapshot();
+  }
+
+  /**
+   * A consistent view of the state as LMDB's last committed transaction holds it (batches still
+   * in the overlay are not part of it): its seq and epoch are the appliedSeq and appliedEpoch of
+   * that transaction. Close it when done; it pins the pages it reads.
+   */
+  openSnapshot(): KvSnapshot {
+    this.assertReadable();
+    const transaction = this.root.useReadTransaction();
+    try {
+      const applied = this.meta.get(appliedKey, { transaction });
+      assert(applied !== undefined && applied.length === 2 * versionBytes, `The key-value store at ${this.path} has no valid applied position`);
+      const position = decodeApplied(applied);
+      const snapshot = new LmdbSnapshot(this.keys, this.sessions, transaction, { seq: position.appliedSeq, epoch: position.appliedEpoch },
+        this.keys.getCount({ transaction }), this.sessions.getCount({ transaction }), (closed) => this.openSnapshots.delete(closed));
+      this.openSnapshots.add(snapshot);
+      return snapshot;
+    } catch (error) {
+      transaction.done();
+      throw error;
+    }
+  }
+
+  /**
+   * Replaces the whole state by a snapshot's: the chunks (every key, in strictly increasing key
+   * order, before any session; sessions in clientId order) and its position. Reads and commits
+   * are refused meanwhile. Resolves once the new state is durable; if `source` fails, the store is
+   * left empty at appliedSeq 0 and the error is rethrown. Returns how many keys and sessions it
+   * installed. (The core installs a snapshot its own way, through KvState and commit.)
+   */
+  async installSnapshot(source: AsyncIterable<SnapshotChunk> | Iterable<SnapshotChunk>, position: SnapshotPosition): Promise<{ keys: number; sessions: number }> {
+    this.assertWritable();
+    assert(!this.installing, 'A snapshot install is already under way');
+    assert(Number.isSafeInteger(position.seq) && position.seq >= 0, `a snapshot's seq is a seq, not ${position.seq}`);
+    assert(position.seq > 0 || position.epoch === 0, 'a snapshot at seq 0 has epoch 0');
+    this.installing = true;
+    const counts = { keys: 0, sessions: 0 };
+    let lastKey: Buffer | undefined;
+    let lastClientId: Buffer | undefined;
+    let sessionsStarted = false;
+    try {
+      this.enqueueReset(true);
+      for await (const chunk of source) {
+        const keyWrites: [Buffer, Buffer][] = [];
+        const sessionWrites: [Buffer, Buffer][] = [];
+        if (chunk.items.length > 0) {
+          assert(!sessionsStarted, 'A snapshot has every key before the first session');
+          for (const item of chunk.items) {
+            const keyBytes = encodeKey(item.key);
+            // Tested before asserting, so the messages are only built for a bad snapshot.
+            if (!(lastKey === undefined || Buffer.compare(lastKey, keyBytes) < 0)) {
+              assert(false, `A snapshot's keys are in strictly increasing order: ${JSON.stringify(item.key)} is not`);
+            }
+            if (!(Number.isSafeInteger(item.version) && item.version >= 1 && item.version <= position.seq)) {
+              assert(false, `The version of ${JSON.stringify(item.key)} is not within the snapshot`);
+            }
+            lastKey = keyBytes;
+            keyWrites.push([keyBytes, encodeStored(item)]);
+          }
+          counts.keys += keyWrites.length;
+        }
+        if (chunk.sessions.length > 0) {
+          sessionsStarted = true;
+          for (const record of chunk.sessions) {
+            const keyBytes = encodeKey(record.clientId);
+            if (!(lastClientId === undefined || Buffer.compare(lastClientId, keyBytes) < 0)) {
+              assert(false, `A snapshot's sessions are in strictly increasing clientId order: ${JSON.stringify(record.clientId)} is not`);
+            }
+            lastClientId = keyBytes;
+            sessionWrites.push([keyBytes, Buffer.from(JSON.stringify(record), 'utf8')]);
+          }
+          counts.sessions += sessionWrites.length;
+        }
+        const id = ++this.lastBatchId;
+        // Until the last transaction, appliedSeq stays 0: the mark says the state is partial.
+        this.enqueue({ id, keys: [], clientIds: [], isReset: false }, () => {
+          for (const [key, value] of keyWrites) void this.keys.put(key, value);
+          for (const [key, value] of sessionWrites) void this.sessions.put(key, value);
+          void this.meta.put(appliedKey, encodeApplied(seq(0), epoch(0)), id);
+        });
+        if (this.pendingBatchCount >= installBatchesInflightMax) await this.committed();
+      }
+      const id = ++this.lastBatchId;
+      const applied = encodeApplied(position.seq, position.epoch);
+      this.enqueue({ id, keys: [], clientIds: [], isReset: false }, () => {
+        void this.meta.remove(installingKey);
+        void this.meta.put(appliedKey, applied, id);
+      });
+      this.applied = position.seq;
+      this.appliedAtEpoch = position.epoch;
+      await this.flushed();
+    } catch (error) {
+      if (this.failure === null) {
+        // Leave a well-defined state: empty, before the first entry. If even that cannot be
+        // written, the store has failed, which its next use reports; the cause here is `error`.
+        this.enqueueReset(false);
+        await this.flushed().catch(() => {});
+      }
+      throw error;
+    } finally {
+      this.installing = false;
+    }
+    return counts;
   }
 
   /**
@@ -342,6 +503,7 @@ export class LmdbKvStore implements KvStore {
    */
   async close(): Promise<void> {
     if (this.closed) return;
+    for (const snapshot of [...this.openSnapshots]) snapshot.close();
     let failure: unknown = null;
     try {
       await this.flushed();
@@ -428,9 +590,124 @@ export class LmdbKvStore implements KvStore {
     if (this.closed) throw new Error(`The key-value store at ${this.path} is closed`);
   }
 
+  /** Reads of the state: refused while a snapshot install has it half written. */
+  private assertReadable(): void {
+    this.assertOpen();
+    assert(!this.installing, `The key-value store at ${this.path} is installing a snapshot: it cannot be read until the install finishes`);
+  }
+
   private assertWritable(): void {
     this.assertOpen();
+    assert(!this.installing, `The key-value store at ${this.path} is installing a snapshot: it takes no other write until the install finishes`);
     if (this.failure !== null) throw this.failure;
+  }
+}
+
+/**
+ * A snapshot of an LmdbKvStore: one LMDB read transaction. Each chunk is read by a range of its
+ * own (from just after the previous chunk's last key), so no cursor stays open between chunks and
+ * a consumer may take as long as it likes between them.
+ */
+class LmdbSnapshot implements KvSnapshot {
+  readonly seq: Seq;
+  readonly epoch: Epoch;
+  private closed = false;
+  /** Where next() stands: the database it reads and the last key it returned. */
+  private cursor: { phase: 'keys' | 'sessions' | 'done'; after: Buffer | undefined } = { phase: 'keys', after: undefined };
+
+  constructor(
+    private readonly keys: Database<Buffer, Buffer>,
+    private readonly sessions: Database<Buffer, Buffer>,
+    private readonly transaction: Transaction,
+    position: SnapshotPosition,
+    readonly keyCount: number,
+    readonly sessionCount: number,
+    private readonly onClose: (snapshot: LmdbSnapshot) => void,
+  ) {
+    this.seq = position.seq;
+    this.epoch = position.epoch;
+  }
+
+  *chunks(maxBytes: number): Generator<SnapshotChunk> {
+    assert(Number.isSafeInteger(maxBytes) && maxBytes >= 1, 'maxBytes must be a positive integer');
+    for (let after: Buffer | undefined, more = true; more;) {
+      const chunk = this.readKeys(after, Infinity, maxBytes);
+      ({ after, more } = chunk);
+      if (chunk.items.length > 0) yield { items: chunk.items, sessions: [] };
+    }
+    for (let after: Buffer | undefined, more = true; more;) {
+      const chunk = this.readSessions(after, Infinity, maxBytes);
+      ({ after, more } = chunk);
+      if (chunk.items.length > 0) yield { items: [], sessions: chunk.items };
+    }
+  }
+
+  /** The next chunk of at most maxItems keys, then of sessions; undefined at the end. */
+  next(maxItems: number): SnapshotChunk | undefined {
+    assert(Number.isSafeInteger(maxItems) && maxItems >= 1, 'maxItems must be a positive integer');
+    while (this.cursor.phase !== 'done') {
+      if (this.cursor.phase === 'keys') {
+        const chunk = this.readKeys(this.cursor.after, maxItems, Infinity);
+        this.cursor = chunk.more ? { phase: 'keys', after: chunk.after } : { phase: 'sessions', after: undefined };
+        if (chunk.items.length > 0) return { items: chunk.items, sessions: [] };
+      } else {
+        const chunk = this.readSessions(this.cursor.after, maxItems, Infinity);
+        this.cursor = chunk.more ? { phase: 'sessions', after: chunk.after } : { phase: 'done', after: undefined };
+        if (chunk.items.length > 0) return { items: [], sessions: chunk.items };
+      }
+    }
+    return undefined;
+  }
+
+  close(): void {
+    if (this.closed) return;
+    this.closed = true;
+    this.transaction.done();
+    this.onClose(this);
+  }
+
+  private readKeys(after: Buffer | undefined, maxItems: number, maxBytes: number): { items: KeyValue[]; after: Buffer | undefined; more: boolean } {
+    // lmdb-js hands out each value of a range as a fresh copy, so a view into it is the item's own.
+    return this.read(this.keys, after, maxItems, maxBytes, (key, value) => {
+      assert(value.length >= versionBytes, 'A stored value is shorter than its version');
+      return { key: key.toString('utf8'), value: new Uint8Array(value.buffer, value.byteOffset + versionBytes, value.length - versionBytes), version: readUint53(value, 0) };
+    },
+      (key, value) => keyChunkBytes(key.length, value.length - versionBytes));
+  }
+
+  private readSessions(after: Buffer | undefined, maxItems: number, maxBytes: number): { items: SessionRecord[]; after: Buffer | undefined; more: boolean } {
+    return this.read(this.sessions, after, maxItems, maxBytes, (_key, value) => decodeSession(value), (key, value) => key.length + value.length);
+  }
+
+  /** Up to maxItems items or maxBytes after `after`; `more` is false once the database has no more. */
+  private read<T>(database: Database<Buffer, Buffer>, after: Buffer | undefined, maxItems: number, maxBytes: number,
+    decode: (key: Buffer, value: Buffer) => T, measure: (key: Buffer, value: Buffer) => number): { items: T[]; after: Buffer | undefined; more: boolean } {
+    assert(!this.closed, 'The snapshot is closed');
+    const items: T[] = [];
+    let bytes = 0;
+    for (const entry of database.getRange({ transaction: this.transaction, ...(after === undefined ? {} : { start: after, exclusiveStart: true }) })) {
+      items.push(decode(entry.key, entry.value));
+      bytes += measure(entry.key, entry.value);
+      // Leaving the loop closes the range's cursor; the key is copied, the range may reuse its buffer.
+      if (bytes >= maxBytes || items.length >= maxItems) return { items, after: Buffer.from(entry.key), more: true };
+    }
+    return { items, after: undefined, more: false };
+  }
+}
+
+/**
+ * Creates the store of a data directory from a snapshot (a restore): `path` must not hold a store
+ * with data yet. Resolves once it is durable and closed, with how many keys and sessions it holds.
+ */
+export async function writeRestoredStore(path: string, source: AsyncIterable<SnapshotChunk> | Iterable<SnapshotChunk>,
+  position: SnapshotPosition, options: LmdbStoreOptions = {}): Promise<{ keys: number; sessions: number }> {
+  const store = await openLmdbStore(path, options);
+  try {
+    assert(store.appliedSeq() === 0 && store.range('', 1).length === 0 && store.loadSessions().length === 0,
+      `Cannot restore into ${path}: it already holds a key-value store with data`);
+    return await store.installSnapshot(source, position);
+  } finally {
+    await store.close();
   }
 }
 

@@ -67,7 +67,7 @@ describe('log format: records and the recovery scan', () => {
     assertEntries(whole.entries, list);
     assert.equal(whole.tornTailCut, false);
     assert.equal(whole.corruptionFound, false);
-    assert.deepEqual(whole.kept, [{ index: 0, firstSeq: 1, lastSeq: 50, validBytes: bytes.length }]);
+    assert.deepEqual(whole.kept, [{ index: 0, firstSeq: 1, lastSeq: 50, lastEpoch: 1, validBytes: bytes.length }]);
 
     const cut1 = starts[20] as number;
     const cut2 = starts[35] as number;
@@ -192,7 +192,7 @@ describe('log format: records and the recovery scan', () => {
     const wrongName = scanLog([{ firstSeq: seq(2), bytes: encodeRecords(entries(1, 3), crc32) }], crc32);
     assert.equal(wrongName.corruptionFound, true);
     assert.equal(wrongName.entries.length, 0);
-    assert.deepEqual(wrongName.kept, [{ index: 0, firstSeq: 2, lastSeq: 1, validBytes: 0 }]);
+    assert.deepEqual(wrongName.kept, [{ index: 0, firstSeq: 2, lastSeq: 1, lastEpoch: 0, validBytes: 0 }]);
 
     // A payload that does not decode, under a valid checksum (a bug, not a torn write).
     const record = encodeRecords(entries(1, 1), crc32).slice();
@@ -209,6 +209,43 @@ describe('log format: records and the recovery scan', () => {
     assert.equal(recordEndOffset(bytes, seq(11), seq(15)), starts[5]);
     assert.equal(recordEndOffset(bytes, seq(11), seq(20)), bytes.length);
     assert.throws(() => recordEndOffset(bytes, seq(11), seq(21)));
+  });
+
+  it('with a log start: the log begins there, records below it are not part of it, a gap is corruption', () => {
+    const start = { firstSeq: seq(21), baseEpoch: epoch(2) };
+    // The usual case: the first segment is named by the start.
+    const usual = scanLog([{ firstSeq: seq(21), bytes: encodeRecords(entries(21, 30, 3), crc32) }], crc32, start);
+    assert.equal(usual.firstSeq, 21);
+    assert.equal(usual.entries.length, 10);
+    assert.equal(usual.corruptionFound, false);
+    assert.deepEqual(usual.kept, [{ index: 0, firstSeq: 21, lastSeq: 30, lastEpoch: 3, validBytes: usual.validBytes }]);
+    // An empty log at the start has the base epoch as its last epoch.
+    const empty = scanLog([], crc32, start);
+    assert.equal(empty.firstSeq, 21);
+    assert.equal(empty.lastEpoch, 2);
+
+    // A first segment that starts below the start: its records below it are checked but dropped.
+    const straddle = scanLog([{ firstSeq: seq(11), bytes: encodeRecords([...entries(11, 20, 1), ...entries(21, 25, 2)], crc32) }], crc32, start);
+    assert.equal(straddle.corruptionFound, false);
+    assert.deepEqual(straddle.entries.map((entry) => entry.seq), [21, 22, 23, 24, 25]);
+    assert.equal(straddle.kept.length, 1);
+    // One that never reaches the start holds nothing of the log: it is not kept.
+    const below = scanLog([{ firstSeq: seq(11), bytes: encodeRecords(entries(11, 19, 1), crc32) }], crc32, start);
+    assert.deepEqual(below.entries, []);
+    assert.deepEqual(below.kept, []);
+    assert.equal(below.corruptionFound, false);
+
+    // A first segment that starts above the start: entries are missing.
+    const gap = scanLog([{ firstSeq: seq(25), bytes: encodeRecords(entries(25, 30, 3), crc32) }], crc32, start);
+    assert.equal(gap.corruptionFound, true);
+    assert.deepEqual(gap.entries, []);
+    assert.deepEqual(gap.kept, []);
+    assert.match(gap.failure?.reason ?? '', /after the log start 21/);
+
+    // The entry at the start may not have an epoch below the base epoch.
+    const lowEpoch = scanLog([{ firstSeq: seq(21), bytes: encodeRecords(entries(21, 22, 1), crc32) }], crc32, start);
+    assert.equal(lowEpoch.corruptionFound, true);
+    assert.match(lowEpoch.failure?.reason ?? '', /below the log's base epoch 2/);
   });
 
   it('names segments by their first seq', () => {

@@ -129,17 +129,33 @@ export function encodeRecords(entries: readonly LogEntry[], checksum: Checksum):
   return encoder.finish().bytes;
 }
 
-/** Where each record of a segment ends, walking the length fields only (the segment must be valid). */
+/** Where the record of `throughSeq` ends, walking the length fields only (the segment must be valid). */
 export function recordEndOffset(bytes: Uint8Array, firstSeq: Seq, throughSeq: Seq): number {
+  return recordEnd(bytes, firstSeq, throughSeq).offset;
+}
+
+/**
+ * Where the record of `throughSeq` ends and its epoch (undefined when throughSeq < firstSeq),
+ * walking the length fields only (the segment must be valid).
+ */
+export function recordEnd(bytes: Uint8Array, firstSeq: Seq, throughSeq: Seq): { offset: number; epoch: Epoch | undefined } {
   const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
   let offset = 0;
+  let lastEpoch: Epoch | undefined;
   for (let at: number = firstSeq; at <= throughSeq; at++) {
     assert(offset + recordHeaderBytes <= bytes.length, `segment ${firstSeq} ends before the record of seq ${at}`);
     assert(readU53(view, offset + 12) === at, `segment ${firstSeq} holds another seq where seq ${at} should be`);
+    lastEpoch = epoch(view.getUint32(offset + 8, true));
     offset += recordHeaderBytes + view.getUint32(offset, true);
   }
   assert(offset <= bytes.length, `segment ${firstSeq} ends inside the record of seq ${throughSeq}`);
-  return offset;
+  return { offset, epoch: lastEpoch };
+}
+
+/** The epoch field of the record that starts at `offset` (the record must be valid). */
+export function recordEpochAt(bytes: Uint8Array, offset: number): Epoch {
+  assert(offset + recordHeaderBytes <= bytes.length, `no record header at offset ${offset}`);
+  return epoch(new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength).getUint32(offset + 8, true));
 }
 
 function readU53(view: DataView, offset: number): number {
@@ -161,8 +177,19 @@ export interface SegmentExtent {
   firstSeq: Seq;
   /** Seq of its last valid record; firstSeq − 1 if it holds none. */
   lastSeq: Seq;
+  /** Epoch of its last valid record; if it holds none, of the record before it (or the log's base epoch, or 0). */
+  lastEpoch: Epoch;
   /** Bytes to keep; the file is cut to this length if it is longer. */
   validBytes: number;
+}
+
+/**
+ * Where the log starts when it does not start at seq 1 with nothing before it: after a compaction
+ * or a snapshot, the entries below firstSeq are gone and the one at firstSeq − 1 had baseEpoch.
+ */
+export interface LogStart {
+  firstSeq: Seq;
+  baseEpoch: Epoch;
 }
 
 /** Where and why the scan stopped before the end of the segments. */
@@ -177,9 +204,9 @@ export interface ScanFailure {
 export interface ScanResult {
   /** The valid log, consecutive from firstSeq. */
   entries: LogEntry[];
-  /** Seq of the first entry: the first segment's name, or 1 with no segment. */
+  /** Seq of the first entry: the log start if one was given, else the first segment's name, or 1 with no segment. */
   firstSeq: Seq;
-  /** Epoch of the last valid entry, 0 if none. */
+  /** Epoch of the last valid entry; with none, the log start's baseEpoch, or 0. */
   lastEpoch: Epoch;
   /** Segments to keep; any segment not listed (all after the cut) is to be deleted. */
   kept: SegmentExtent[];
@@ -200,6 +227,13 @@ type FailureKind = 'torn' | 'invalid';
  * bytes once scanned (decoded entries own their data). After the first failure it only looks for
  * a valid record further on: finding one means the failure was below the tail (corruption), not
  * a torn tail.
+ *
+ * Given a log start (the durable record of a compaction or a reset), the log begins at its
+ * firstSeq whatever the segments are named: the caller has dropped the segments wholly below it,
+ * so the first segment starts at or below it. Records of the first segment below the start are
+ * checked but are not part of the log; a first segment that starts above it means entries are
+ * missing, which is corruption; a first segment that never reaches the start holds nothing of the
+ * log and is not kept.
  */
 export class LogScanner {
   private readonly entries: LogEntry[] = [];
@@ -214,7 +248,14 @@ export class LogScanner {
   /** A checksum-valid record was found after a failure. */
   private validAfterFailure = false;
 
-  constructor(private readonly checksum: Checksum) {}
+  constructor(private readonly checksum: Checksum, private readonly start?: LogStart) {
+    if (start !== undefined) {
+      assert(Number.isSafeInteger(start.firstSeq) && start.firstSeq >= 1, `a log starts at a seq, not ${start.firstSeq}`);
+      this.firstSeq = start.firstSeq;
+      this.nextSeq = start.firstSeq;
+      this.lastEpoch = start.baseEpoch;
+    }
+  }
 
   addSegment(segment: SegmentBytes): void {
     assert(Number.isSafeInteger(segment.firstSeq) && segment.firstSeq >= 1, `a segment is named by a seq, not ${segment.firstSeq}`);
@@ -223,7 +264,17 @@ export class LogScanner {
       if (!this.validAfterFailure) this.validAfterFailure = this.findValidRecord(segment.bytes, 0);
       return;
     }
-    if (index === 0) {
+    if (index === 0 && this.start !== undefined) {
+      if (segment.firstSeq > this.start.firstSeq) {
+        // Not kept: the next append must create the segment named by the log start.
+        this.fail(index, 0, 'invalid', `the first segment starts at seq ${segment.firstSeq}, after the log start ${this.start.firstSeq}`);
+        this.validAfterFailure = this.findValidRecord(segment.bytes, 0);
+        return;
+      }
+      this.nextSeq = segment.firstSeq;
+      // Records below the start are not part of the log: their epochs are not held against it.
+      if (segment.firstSeq < this.start.firstSeq) this.lastEpoch = epoch(0);
+    } else if (index === 0) {
       this.firstSeq = segment.firstSeq;
       this.nextSeq = segment.firstSeq;
     } else if (segment.firstSeq !== this.nextSeq) {
@@ -236,7 +287,7 @@ export class LogScanner {
     const failure = this.failure as ScanFailure | undefined;
     // A later segment cut to nothing is deleted, but the first one stays: its name keeps firstSeq.
     if (validBytes > 0 || index === 0 || failure === undefined) {
-      this.kept.push({ index, firstSeq: segment.firstSeq, lastSeq: seq(this.nextSeq - 1), validBytes });
+      this.kept.push({ index, firstSeq: segment.firstSeq, lastSeq: seq(this.nextSeq - 1), lastEpoch: this.lastEpoch, validBytes });
     }
     if (failure !== undefined) this.validAfterFailure = this.findValidRecord(segment.bytes, failure.offset + 1);
   }
@@ -244,10 +295,13 @@ export class LogScanner {
   finish(): ScanResult {
     const failure = this.failure;
     const corruptionFound = failure !== undefined && (failure.kind === 'invalid' || this.validAfterFailure);
+    // A first segment below the log start that holds no entry of the log is left over: dropping it
+    // lets the next append create the segment named by the start.
+    if (this.start !== undefined && this.entries.length === 0 && this.kept[0]?.firstSeq !== this.start.firstSeq) this.kept.length = 0;
     return {
       entries: this.entries,
       firstSeq: this.firstSeq,
-      lastEpoch: this.lastEpoch,
+      lastEpoch: this.entries.at(-1)?.epoch ?? this.start?.baseEpoch ?? epoch(0),
       kept: this.kept,
       tornTailCut: failure !== undefined && !corruptionFound,
       corruptionFound,
@@ -276,6 +330,9 @@ export class LogScanner {
       const recordEpoch = view.getUint32(offset + 8, true);
       const recordSeq = readU53(view, offset + 12);
       if (recordSeq !== this.nextSeq) return this.fail(index, offset, 'invalid', `the record has seq ${recordSeq}`);
+      if (this.start !== undefined && recordSeq === this.start.firstSeq && recordEpoch < this.start.baseEpoch) {
+        return this.fail(index, offset, 'invalid', `the record's epoch ${recordEpoch} is below the log's base epoch ${this.start.baseEpoch}`);
+      }
       if (recordEpoch < this.lastEpoch) return this.fail(index, offset, 'invalid', `the record's epoch ${recordEpoch} is below the previous ${this.lastEpoch}`);
       let entry: LogEntry;
       try {
@@ -287,7 +344,7 @@ export class LogScanner {
       if (entry.seq !== recordSeq || entry.epoch !== recordEpoch) {
         return this.fail(index, offset, 'invalid', 'the payload disagrees with the record header');
       }
-      entries.push(entry);
+      if (this.start === undefined || recordSeq >= this.start.firstSeq) entries.push(entry);
       this.nextSeq = seq(recordSeq + 1);
       this.lastEpoch = epoch(recordEpoch);
       offset = end;
@@ -321,8 +378,8 @@ export class LogScanner {
 }
 
 /** The recovery scan over all segments in seq order (see LogScanner). */
-export function scanLog(segments: readonly SegmentBytes[], checksum: Checksum): ScanResult {
-  const scanner = new LogScanner(checksum);
+export function scanLog(segments: readonly SegmentBytes[], checksum: Checksum, start?: LogStart): ScanResult {
+  const scanner = new LogScanner(checksum, start);
   for (const segment of segments) scanner.addSegment(segment);
   return scanner.finish();
 }
