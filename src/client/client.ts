@@ -10,6 +10,7 @@
 // flight under one of them. Request ids start at the clock reading in microseconds and grow by
 // one per write, so they keep increasing when a process restarts with the same client id.
 
+import { setMaxListeners } from 'node:events';
 import { randomUUID } from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { Consistency, ErrorCode } from '../protocol/types.ts';
@@ -244,7 +245,8 @@ class MainstayClient implements Client {
   private readonly settings: typeof defaults;
   private readonly fetch: typeof fetch;
   /** Aborted by close(): cuts attempts and pauses short. */
-  private readonly closing = new AbortController();
+  /** Aborted by close(); every request in flight listens to it (so no listener limit applies). */
+  private readonly closing = withoutListenerLimit(new AbortController());
   /** The main's base URL, once found; forgotten when it stops answering as the main. */
   private main: string | undefined;
   /** Where the next discovery starts, so a dead endpoint is not always asked first. */
@@ -710,4 +712,9 @@ function networkCode(error: unknown): string | undefined {
 
 function trimSlash(url: string): string {
   return url.endsWith('/') ? url.slice(0, -1) : url;
+}
+
+function withoutListenerLimit(controller: AbortController): AbortController {
+  setMaxListeners(0, controller.signal);
+  return controller;
 }
