@@ -4,6 +4,7 @@
 // Precedence: flag > environment > config file > default.
 
 import { readFileSync } from 'node:fs';
+import type { Server } from 'node:net';
 
 export type OptionType = 'string' | 'integer' | 'boolean';
 
@@ -176,4 +177,15 @@ export function formatHostPort(address: HostPort): string {
 export function optionsReference(specs: OptionSpec[]): string {
   const rows = specs.map((spec) => `| \`--${spec.name}\` | \`${environmentName(spec.name)}\` | ${spec.default === undefined ? (spec.required === true ? '(required)' : '') : `\`${spec.default}\``} | ${spec.description} |`);
   return ['| flag | environment | default | meaning |', '|---|---|---|---|', ...rows].join('\n');
+}
+
+/** Listen on host:port; rejects (e.g. EADDRINUSE) instead of emitting an unhandled error. */
+export function listen(server: Server, address: HostPort): Promise<void> {
+  return new Promise((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(address.port, address.host, () => {
+      server.off('error', reject);
+      resolve();
+    });
+  });
 }

@@ -4,7 +4,7 @@
 // only validates requests and carries inputs and effects.
 
 import { mkdir, readFile } from 'node:fs/promises';
-import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
 import { join } from 'node:path';
 import type { Logger } from 'pino';
 import type { ManagerEffect, ManagerState, NewServer } from '../core/manager.ts';
@@ -15,7 +15,7 @@ import { serverId } from '../protocol/types.ts';
 import { writeFileAtomic } from '../storage/atomic-file.ts';
 import { TcpTransport } from '../transport/tcp.ts';
 import type { HostPort, ServerAddressBook } from './config.ts';
-import { formatHostPort, parseHostPort } from './config.ts';
+import { formatHostPort, listen, parseHostPort } from './config.ts';
 
 export interface ManagerProcessConfig {
   /** A new cluster's epoch before its first appointment (the epoch of restored data). */
@@ -161,15 +161,6 @@ export async function startManagerProcess(config: ManagerProcessConfig): Promise
   };
 }
 
-function listen(server: Server, address: HostPort): Promise<void> {
-  return new Promise((resolve, reject) => {
-    server.once('error', reject);
-    server.listen(address.port, address.host, () => {
-      server.off('error', reject);
-      resolve();
-    });
-  });
-}
 
 /** The cluster as the manager sees it: the map, every server's last status, and any configuration change in progress. */
 export function clusterView(core: ManagerCore): unknown {

@@ -5,7 +5,7 @@
 
 import { randomInt } from 'node:crypto';
 import { mkdir } from 'node:fs/promises';
-import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
 import { join } from 'node:path';
 import type { Logger } from 'pino';
 import type { IncomingRequest, ServerEffect, ServerLimits, ServerTimings } from '../core/server.ts';
@@ -20,7 +20,7 @@ import { openFileLog } from '../storage/file-log.ts';
 import { openLmdbStore } from '../storage/lmdb-store.ts';
 import { TcpTransport } from '../transport/tcp.ts';
 import type { HostPort } from './config.ts';
-import { formatHostPort, parseHostPort } from './config.ts';
+import { formatHostPort, listen, parseHostPort } from './config.ts';
 import { ServerMetrics } from './metrics.ts';
 import { handleSnapshotRequest, snapshotPath } from './snapshot-http.ts';
 
@@ -226,15 +226,6 @@ export async function startServerProcess(config: ServerProcessConfig): Promise<R
   };
 }
 
-function listen(server: Server, address: HostPort): Promise<void> {
-  return new Promise((resolve, reject) => {
-    server.once('error', reject);
-    server.listen(address.port, address.host, () => {
-      server.off('error', reject);
-      resolve();
-    });
-  });
-}
 
 /** Read a request body, refusing (without buffering) more than `limit` bytes. */
 function readBody(request: IncomingMessage, limit: number): Promise<Uint8Array | 'tooLarge'> {
