@@ -122,7 +122,8 @@ export async function runClientCommand(command: string, argv: string[]): Promise
         need(positional, 1, 'remove-server ID');
         const id = positional[0] as string;
         return await operate(endpoints, 'remove-server', 'DELETE', `/v1/servers/${encodeURIComponent(id)}`, undefined, parsed.json === true,
-          `A standby is removed once the main confirms the new configuration: follow it with mainstay status.`);
+          `A standby is removed once the main confirms the new configuration: follow it with mainstay status. `
+          + `Then stop the ${id} process: it is not told it was removed, and would keep serving local reads from a state no longer updated.`);
       }
       case 'set-ack-quorum': {
         need(positional, 1, 'set-ack-quorum K');

@@ -135,7 +135,7 @@ export async function startManagerProcess(config: ManagerProcessConfig): Promise
   const ticker = setInterval(() => run(core.tick(now())), Math.max(5, Math.floor(config.heartbeatMs / 2)));
 
   const http = createServer((request, response) => {
-    handleHttp(core, request, response, run).catch((error: unknown) => {
+    handleHttp(core, request, response, run, () => persistChain).catch((error: unknown) => {
       logger.error({ err: error }, 'HTTP handler failed');
       if (!response.headersSent) response.writeHead(500, { 'content-type': 'application/json' });
       response.end(JSON.stringify({ error: { code: 'INTERNAL', message: 'Internal error', definite: true } }));
@@ -283,7 +283,11 @@ function checkPriority(value: unknown): number | undefined {
 
 const serverShape = '{"id": "<server id>", "address": "http://host:port", "peerAddress": "host:port", "priority"?: <integer>}';
 
-async function handleHttp(core: ManagerCore, request: IncomingMessage, response: ServerResponse, run: (effects: ManagerEffect[]) => void): Promise<void> {
+/**
+ * `durable()` resolves once every state write issued so far is on disk: an accepted operator
+ * request is answered only then, so a manager crash cannot lose a change it reported accepted.
+ */
+async function handleHttp(core: ManagerCore, request: IncomingMessage, response: ServerResponse, run: (effects: ManagerEffect[]) => void, durable: () => Promise<void>): Promise<void> {
   const url = new URL(request.url ?? '/', 'http://manager');
   const send = (status: number, body: unknown): void => {
     response.writeHead(status, { 'content-type': 'application/json' });
@@ -294,12 +298,13 @@ async function handleHttp(core: ManagerCore, request: IncomingMessage, response:
     send(405, { error: { code: 'METHOD_NOT_ALLOWED', message: `Use ${allow} on ${url.pathname}`, definite: true } });
   };
   /** Runs an operator's request through the core, carries out its effects, and answers 202 or 409. */
-  const operate = (outcome: { result: { accepted: boolean; message: string }; effects: ManagerEffect[] }, extra: Record<string, unknown> = {}): void => {
+  const operate = async (outcome: { result: { accepted: boolean; message: string }; effects: ManagerEffect[] }, extra: Record<string, unknown> = {}): Promise<void> => {
     run(outcome.effects);
     if (!outcome.result.accepted) {
       send(409, { error: { code: 'REFUSED', message: outcome.result.message, definite: true } });
       return;
     }
+    await durable();
     send(202, { accepted: true, message: outcome.result.message, ...extra, mapVersion: core.currentState.mapVersion });
   };
   try {
@@ -332,7 +337,7 @@ async function handleHttp(core: ManagerCore, request: IncomingMessage, response:
       const server: NewServer = { id: serverId(id), address: checkClientAddress(fields.address), peerAddress: checkPeerAddress(fields.peerAddress) };
       const priority = checkPriority(fields.priority);
       if (priority !== undefined) server.priority = priority;
-      operate(core.addServer(performance.now(), server), { id });
+      await operate(core.addServer(performance.now(), server), { id });
       return;
     }
     if (url.pathname.startsWith('/v1/servers/')) {
@@ -345,7 +350,7 @@ async function handleHttp(core: ManagerCore, request: IncomingMessage, response:
         throw new BadRequest(`Cannot decode the server id in ${url.pathname}`);
       }
       const id = checkServerId(decoded, 'The server id');
-      operate(core.removeServer(performance.now(), serverId(id)), { id });
+      await operate(core.removeServer(performance.now(), serverId(id)), { id });
       return;
     }
     if (url.pathname === '/v1/ack-quorum') {
@@ -357,7 +362,7 @@ async function handleHttp(core: ManagerCore, request: IncomingMessage, response:
       if (typeof ackQuorum !== 'number' || !Number.isInteger(ackQuorum) || ackQuorum < 0) {
         throw new BadRequest(`"ackQuorum" must be a whole number, 0 or more (got ${JSON.stringify(ackQuorum)})`);
       }
-      operate(core.setAckQuorum(performance.now(), ackQuorum), { ackQuorum });
+      await operate(core.setAckQuorum(performance.now(), ackQuorum), { ackQuorum });
       return;
     }
     if (url.pathname === '/healthz') {
