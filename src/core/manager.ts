@@ -114,7 +114,8 @@ export class ManagerCore {
   private state: ManagerState;
   private readonly views = new Map<ServerId, ServerView>();
   private readonly fenceReplies = new Map<ServerId, FenceReply>();
-  private readonly afterPersist = new Map<number, AfterPersist>();
+  /** Writes in flight: what to do once each is durable, and the state it made durable. */
+  private readonly afterPersist = new Map<number, { then: AfterPersist; state: ManagerState }>();
   private nextPersistId = 1;
   /** Map announced last (durable). */
   private announced: ClusterMap | undefined;
@@ -191,14 +192,19 @@ export class ManagerCore {
 
   onPersisted(now: number, persistId: number): ManagerEffect[] {
     this.begin(now);
-    const action = this.afterPersist.get(persistId);
+    const written = this.afterPersist.get(persistId);
     this.afterPersist.delete(persistId);
-    if (action === 'sendFences') {
-      this.fencesSent = true;
-      this.lastBroadcastMs = now;
-      this.sendFences(true);
-    } else if (action === 'broadcastMap') {
-      this.announced = this.mapOf(this.state);
+    if (written === undefined) return this.end();
+    // Announce exactly what this write made durable, never a later state still being written.
+    const durable = written.state;
+    if (written.then === 'sendFences') {
+      if (this.state.phase === 'fencing' && this.state.epoch === durable.epoch) {
+        this.fencesSent = true;
+        this.lastBroadcastMs = now;
+        this.sendFences(true);
+      }
+    } else if (durable.phase === 'stable' && durable.main !== null && durable.mapVersion > (this.announced?.version ?? -1)) {
+      this.announced = this.mapOf(durable);
       this.lastBroadcastMs = now;
       this.broadcast();
     }
@@ -435,8 +441,9 @@ export class ManagerCore {
   private persist(state: ManagerState, then: AfterPersist): void {
     this.state = state;
     const persistId = this.nextPersistId++;
-    this.afterPersist.set(persistId, then);
-    this.out.push({ kind: 'persist', persistId, state: structuredCloneState(state) });
+    const snapshot = structuredCloneState(state);
+    this.afterPersist.set(persistId, { then, state: snapshot });
+    this.out.push({ kind: 'persist', persistId, state: snapshot });
   }
 
   private mapOf(state: ManagerState): ClusterMap {

@@ -785,6 +785,11 @@ export class ServerCore {
       this.reply(requestId, errorResponse('OVERLOADED', 'Too many writes are waiting; retry later', true));
       return;
     }
+    if (this.log.lastSeq - this.commitSeq >= this.config.limits.pendingRequestsMax) {
+      // Nothing commits (too few standbys answer): do not let the log grow without bound meanwhile.
+      this.reply(requestId, errorResponse('UNAVAILABLE', `The main cannot commit: ${this.log.lastSeq - this.commitSeq} entries are waiting for ${this.ackQuorum} standby acknowledgements`, true));
+      return;
+    }
     const entry: LogEntry = { epoch: this.promisedEpoch, seq: seq(this.log.lastSeq + 1), write };
     if (session !== undefined) entry.session = session;
     this.log.append(entry);
@@ -988,6 +993,9 @@ export class ServerCore {
     for (const pending of [...this.pendingWrites.values()]) {
       if (pending.deadlineMs > this.now) continue;
       this.pendingWrites.delete(pending.requestId);
+      const waiting = this.pendingBySeq.get(pending.seq)?.filter((requestId) => requestId !== pending.requestId);
+      if (waiting === undefined || waiting.length === 0) this.pendingBySeq.delete(pending.seq);
+      else this.pendingBySeq.set(pending.seq, waiting);
       this.reply(pending.requestId, errorResponse('TIMEOUT', `The write was not committed within ${this.config.timings.writeTimeoutMs} ms; it may still commit`, false));
     }
     const waiting: PendingRead[] = [];
