@@ -360,23 +360,14 @@ export class ManagerCore {
     const removed = this.state.pendingRemoval;
     if (joint !== null) {
       if (mainStatus.confirmedMapVersion < joint.sinceMapVersion) return;
-      // A server being removed may have become the main meanwhile (it was a valid candidate): it
-      // is removed only once another server has taken over.
-      const removeNow = removed !== null && removed !== main;
-      const members = removeNow ? this.state.members.filter((member) => member.id !== removed) : this.state.members;
-      this.announceConfiguration({ ...this.state, members, jointWith: null, pendingRemoval: removeNow ? null : removed },
-        `the main confirmed configuration ${joint.sinceMapVersion}${removeNow ? `; removed ${removed}` : ''}`);
+      // Appointing the server being removed cancels its removal (configurationWithMain).
+      assert(removed !== main, 'a server being removed is never the main');
+      const members = removed === null ? this.state.members : this.state.members.filter((member) => member.id !== removed);
+      this.announceConfiguration({ ...this.state, members, jointWith: null, pendingRemoval: null },
+        `the main confirmed configuration ${joint.sinceMapVersion}${removed === null ? '' : `; removed ${removed}`}`);
       return;
     }
-    if (removed !== null) {
-      if (removed !== main) {
-        this.announceConfiguration({ ...this.state, members: this.state.members.filter((member) => member.id !== removed), pendingRemoval: null }, `removed ${removed}`);
-      } else if (this.switchover === undefined) {
-        const started = this.startSwitchover(undefined);
-        if (started.accepted) this.event('info', `Moving the main role away from ${removed}, which is being removed`);
-      }
-      return;
-    }
+    assert(removed === null, 'a removal is pending only within a joint configuration');
     for (const member of this.state.members) {
       if (member.role !== 'learner' || member.id === this.state.pendingRemoval) continue;
       const status = this.fresh(member.id);
@@ -634,8 +625,7 @@ export class ManagerCore {
       return { state: { members: joint.members, ackQuorum: joint.ackQuorum, jointWith: null, pendingRemoval: null }, note: `; the removal of ${main.id} is cancelled` };
     }
     const members = this.state.members.map((member) => (member.id === main.id ? { ...member, role: 'standby' as const } : member));
-    const pendingRemoval = this.state.pendingRemoval === main.id ? null : this.state.pendingRemoval;
-    return { state: { members, pendingRemoval }, note: `; ${main.id} is now a standby${pendingRemoval === this.state.pendingRemoval ? '' : ' (its removal is cancelled)'}` };
+    return { state: { members }, note: `; ${main.id} is now a standby` };
   }
 
   /** The latest and most complete log wins; then a switchover's target; then priority; then the lowest id. */

@@ -221,11 +221,13 @@ export class ServerCore {
     this.promisedEpoch = recovered.meta.promisedEpoch;
     this.metaDurableEpoch = recovered.meta.promisedEpoch;
     this.bootPromisedEpoch = recovered.meta.promisedEpoch;
-    this.incomplete = recovered.meta.incomplete || recovered.corruptionFound;
+    this.incomplete = recovered.meta.incomplete;
     this.incompleteDurable = recovered.meta.incomplete;
     this.durableSeq = this.log.lastSeq;
     this.commitSeq = this.kv.appliedSeq;
-    if (this.incomplete && !this.incompleteDurable) this.persistMeta();
+    // The recovery scan persists 'incomplete' before it cuts a corrupt log: a restart between the
+    // two must not forget it.
+    assert(!recovered.corruptionFound || recovered.meta.incomplete, 'a corrupt log was cut before its server was durably marked incomplete');
   }
 
   // ---------------------------------------------------------------- inputs
