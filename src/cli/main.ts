@@ -92,6 +92,8 @@ async function runServer(argv: string[]): Promise<void> {
       inflightEntriesMax: Math.max(Number(options['inflight-entries-max']), Number(options['batch-entries-max'])),
       pendingRequestsMax: Number(options['pending-requests-max']),
       sessionsMax: Number(options['sessions-max']),
+      logRetentionEntries: Number(options['log-retention-entries']),
+      snapshotChunkItemsMax: Number(options['snapshot-chunk-items']),
     },
     httpLimits: {
       ...defaultHttpApiLimits, keyBytesMax: Number(options['key-bytes-max']), valueBytesMax: Number(options['value-bytes-max']),

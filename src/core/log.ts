@@ -10,9 +10,9 @@ export class LogView {
   /** entries[i] has seq firstSeq + i. Invariant: seqs are consecutive, epochs never decrease. */
   private entries: LogEntry[];
   /** Seq of entries[0]; everything below it was compacted (or never existed). */
-  readonly firstSeq: Seq;
+  firstSeq: Seq;
   /** Epoch of the entry at firstSeq − 1, or 0 (needed to check an append right after the start). */
-  private readonly baseEpoch: Epoch;
+  private baseEpoch: Epoch;
 
   constructor(entries: LogEntry[], firstSeq: Seq = seq(1), baseEpoch: Epoch = epoch(0)) {
     assert(firstSeq >= 1, 'firstSeq starts at 1');
@@ -59,6 +59,27 @@ export class LogView {
     assert(entry.seq === this.lastSeq + 1, `append must continue at lastSeq + 1 (${this.lastSeq + 1}), got ${entry.seq}`);
     assert(entry.epoch >= this.lastEpoch, 'an appended entry may not have a lower epoch than the last one');
     this.entries.push(entry);
+  }
+
+  /** Drop every entry up to and including `through` (they are in the state, or no longer needed). */
+  compact(through: number): void {
+    if (through < this.firstSeq) return;
+    assert(through <= this.lastSeq, 'cannot compact beyond the end of the log');
+    this.baseEpoch = this.epochAt(through) as Epoch;
+    this.entries = this.entries.slice(through - this.firstSeq + 1);
+    this.firstSeq = seq(through + 1);
+  }
+
+  /** Forget every entry: the log restarts empty at firstSeq (after a snapshot up to firstSeq − 1). */
+  reset(firstSeq: Seq, baseEpoch: Epoch): void {
+    assert(firstSeq >= 1, 'firstSeq starts at 1');
+    this.entries = [];
+    this.firstSeq = firstSeq;
+    this.baseEpoch = baseEpoch;
+  }
+
+  get startEpoch(): Epoch {
+    return this.baseEpoch;
   }
 
   /** Remove every entry after `after`. */

@@ -7,15 +7,17 @@
 import { assert } from '../lib/assert.ts';
 import type {
   AppendMessage, AppendReply, ClusterMap, EpochEndMessage, HeartbeatMessage, ManagerToServer, Member,
-  PeerMessage, ServerMeta, ServerToManager, StatusMessage,
+  PeerMessage, ServerMeta, ServerToManager, SnapshotAck, SnapshotChunkMessage, StatusMessage,
 } from '../protocol/messages.ts';
+import { encodeSnapshotPayload } from '../protocol/codec.ts';
+import { crc32 } from '../lib/crc32.ts';
 import type {
   ClientRequest, ClientResponse, Epoch, ErrorCode, LogEntry, Seq, ServerId, Session, Write, WriteResult,
 } from '../protocol/types.ts';
 import { epoch, errorResponse, seq } from '../protocol/types.ts';
 import type { PlantedBugs } from './bugs.ts';
 import { noBugs } from './bugs.ts';
-import type { KvStore } from './kv.ts';
+import type { KvSnapshotReader, KvStore, SnapshotChunk } from './kv.ts';
 import { KvState } from './kv.ts';
 import { LogView } from './log.ts';
 
@@ -41,6 +43,10 @@ export interface ServerLimits {
   pendingRequestsMax: number;
   /** Most client sessions remembered by the state machine. */
   sessionsMax: number;
+  /** Entries a server keeps in its log below the last one, for standbys that lag; older ones are compacted. */
+  logRetentionEntries: number;
+  /** Keys (or sessions) per snapshot chunk, where the store does not choose its own chunk size. */
+  snapshotChunkItemsMax: number;
 }
 
 export interface ServerConfig {
@@ -63,6 +69,8 @@ export const defaultServerLimits: ServerLimits = {
   inflightEntriesMax: 8192,
   pendingRequestsMax: 65536,
   sessionsMax: 100_000,
+  logRetentionEntries: 100_000,
+  snapshotChunkItemsMax: 4096,
 };
 
 /** What the shell recovered from disk at start. */
@@ -96,12 +104,19 @@ export type ServerEffect =
   | { kind: 'sendManager'; message: ServerToManager }
   | { kind: 'disk'; operationId: number; operation: DiskOperation }
   | { kind: 'reply'; requestId: number; response: ClientResponse }
+  /**
+   * The log below throughSeq + 1 is no longer needed: the shell may remove it from disk once the
+   * state store is durable up to throughSeq (whose entry has the given epoch). Not ordered with
+   * disk operations and not reported back.
+   */
+  | { kind: 'compact'; throughSeq: Seq; epoch: Epoch }
   | { kind: 'event'; level: 'info' | 'warn' | 'debug'; code: ServerEventCode; message: string };
 
 /** What a server reports about itself, for logs, counters and the dashboard's timeline. */
 export type ServerEventCode =
   | 'becameMain' | 'steppedDown' | 'refusedMain' | 'truncated' | 'repaired' | 'stateRebuilt'
-  | 'committedLost' | 'duplicateAbsorbed' | 'staleMessage' | 'switchoverStarted' | 'switchoverAborted';
+  | 'committedLost' | 'duplicateAbsorbed' | 'staleMessage' | 'switchoverStarted' | 'switchoverAborted'
+  | 'snapshotSent' | 'snapshotStarted' | 'snapshotInstalled';
 
 export interface IncomingRequest {
   requestId: number;
@@ -137,6 +152,22 @@ interface Peer {
   readRound: number;
   lastProgressMs: number;
   lastHeardMs: number;
+  /** Where sending last restarted (a rewind or a jump): nothing below it is in flight. */
+  windowStart: Seq;
+  /** A snapshot being streamed to this peer, one chunk at a time. */
+  snapshot: OutgoingSnapshot | undefined;
+  /** The peer's appliedSeq as it last said (its state holds every entry up to it). */
+  appliedSeq: Seq;
+  /** Its log cannot be joined to this one (it ends below this log's start): send a snapshot. */
+  needsSnapshot: boolean;
+}
+
+interface OutgoingSnapshot {
+  id: number;
+  reader: KvSnapshotReader;
+  /** The chunk in flight (resent until acknowledged). */
+  chunk: SnapshotChunkMessage;
+  sentMs: number;
 }
 
 interface PendingDiskOperation {
@@ -182,6 +213,13 @@ export class ServerCore {
   private ackSentSeq: Seq = seq(0);
   private readonly contacts = new Map<ServerId, number>();
   private fenceReplyWanted = false;
+  /** Counts K = 0 resets of state and log (see dropStateAndLog), so an input can tell one happened. */
+  private dropCount = 0;
+  /** A snapshot being installed (the state is partial until the last chunk). */
+  private installing: { id: number; main: ServerId; epoch: Epoch; next: number } | undefined;
+  private snapshotsStarted = 0;
+  /** Each outgoing snapshot's next chunk, read ahead to know whether the one in flight is the last. */
+  private readonly upcomingChunk = new WeakMap<KvSnapshotReader, SnapshotChunk | undefined>();
   private refusedMainEpoch: Epoch | undefined;
   /** K as the main of promisedEpoch stated it, until a map arrives. */
   private ackQuorumFromMain: number | undefined;
@@ -228,6 +266,21 @@ export class ServerCore {
     // The recovery scan persists 'incomplete' before it cuts a corrupt log: a restart between the
     // two must not forget it.
     assert(!recovered.corruptionFound || recovered.meta.incomplete, 'a corrupt log was cut before its server was durably marked incomplete');
+    if (this.incomplete && !this.incompleteDurable) this.persistMeta();
+    if (this.kv.appliedSeq > this.log.lastSeq) {
+      // The state is ahead of the log: a snapshot install finished in the state but its log reset
+      // did not reach the disk, or a corrupt log was cut below the state. The state holds those
+      // entries (applied means committed); the log continues after it.
+      this.log.reset(seq(this.kv.appliedSeq + 1), this.kv.appliedEpoch);
+      this.durableSeq = this.kv.appliedSeq;
+      this.disk({ type: 'resetLog', firstSeq: this.log.firstSeq, baseEpoch: this.kv.appliedEpoch }, { lastSeqAfter: this.kv.appliedSeq });
+    } else if (this.kv.appliedSeq < this.log.firstSeq - 1) {
+      // The state is behind the start of the log (a snapshot install was cut short): the log is
+      // of no use until a new snapshot arrives; restart it just above the state.
+      this.log.reset(seq(this.kv.appliedSeq + 1), this.kv.appliedEpoch);
+      this.durableSeq = this.kv.appliedSeq;
+      this.disk({ type: 'resetLog', firstSeq: this.log.firstSeq, baseEpoch: this.kv.appliedEpoch }, { lastSeqAfter: this.kv.appliedSeq });
+    }
   }
 
   // ---------------------------------------------------------------- inputs
@@ -242,6 +295,7 @@ export class ServerCore {
         if (member.id !== this.id) this.send(member.id, { type: 'ping' });
       }
       if (this.role === 'main') this.mainHeartbeat();
+      this.maybeCompact();
       // Say it again every heartbeat until fenced, in case the message was lost.
       if (this.switchover !== undefined) this.switchover.readySent = false;
     }
@@ -269,6 +323,8 @@ export class ServerCore {
       case 'heartbeat': this.onHeartbeat(from, message); break;
       case 'epochEnd': this.onEpochEnd(from, message); break;
       case 'appendReply': this.onAppendReply(from, message); break;
+      case 'snapshotChunk': this.onSnapshotChunk(from, message); break;
+      case 'snapshotAck': this.onSnapshotAck(from, message); break;
       case 'ping': break;
     }
     return this.end();
@@ -346,12 +402,21 @@ export class ServerCore {
     return this.log.entry(at);
   }
 
+  /** Epoch of the last entry (or of the one the log starts after, when it is empty). */
+  get lastEpoch(): Epoch {
+    return this.log.lastEpoch;
+  }
+
   get firstSeq(): Seq {
     return this.log.firstSeq;
   }
 
   get isIncomplete(): boolean {
     return this.incomplete;
+  }
+
+  get isInstallingSnapshot(): boolean {
+    return this.installing !== undefined;
   }
 
   get currentMap(): ClusterMap | undefined {
@@ -361,7 +426,7 @@ export class ServerCore {
   // ---------------------------------------------------------------- plumbing
 
   private begin(now: number): void {
-    assert(this.out.length === 0, 'effects of the previous input were not taken');
+    // Effects left in `out` come from the constructor (recovery) and go out with the first input.
     this.now = Math.max(this.now, now);
   }
 
@@ -412,7 +477,13 @@ export class ServerCore {
       this.event('warn', 'committedLost', `K = 0: entries up to seq ${this.commitSeq} that committed on a former main were lost in a failover`);
       this.commitSeq = after;
     }
-    if (after < this.kv.appliedSeq) this.stateDiverged(`applied entries after seq ${after} were lost in a failover`);
+    if (after < this.kv.appliedSeq) {
+      const drops = this.dropCount;
+      this.stateDiverged(`applied entries after seq ${after} were lost in a failover`);
+      // K = 0 with a compacted log: state and log are gone, there is nothing left to cut.
+      if (this.dropCount !== drops) return;
+    }
+    assert(after >= this.log.firstSeq - 1, 'a cut below the log start empties state and log first');
     this.log.truncateAfter(after);
     // Entries above the cut are gone from memory; no earlier durability report may resurrect them.
     this.durableSeq = seq(Math.min(this.durableSeq, after));
@@ -506,6 +577,10 @@ export class ServerCore {
       this.refuseMain(map.epoch, `Refusing to act as main of epoch ${map.epoch}: this server restarted in that epoch`);
       return;
     }
+    if (this.installing !== undefined) {
+      this.refuseMain(map.epoch, `Refusing to act as main of epoch ${map.epoch}: a snapshot is being installed`);
+      return;
+    }
     if (this.incomplete) {
       this.refuseMain(map.epoch, `Refusing to act as main of epoch ${map.epoch}: the log is incomplete`);
       return;
@@ -540,11 +615,15 @@ export class ServerCore {
     for (const id of ids) {
       if (id === this.id || this.peers.has(id)) continue;
       this.peers.set(id, {
-        id, nextSeq: seq(this.log.lastSeq + 1), matchSeq: seq(0), generation: 0, bootId: 0, readRound: 0,
-        lastProgressMs: this.now, lastHeardMs: -Infinity,
+        id, nextSeq: seq(this.log.lastSeq + 1), windowStart: seq(this.log.lastSeq + 1), matchSeq: seq(0), generation: 0, bootId: 0, readRound: 0,
+        lastProgressMs: this.now, lastHeardMs: -Infinity, snapshot: undefined, appliedSeq: seq(0), needsSnapshot: false,
       });
     }
-    for (const id of [...this.peers.keys()]) if (!ids.has(id)) this.peers.delete(id);
+    for (const [id, peer] of [...this.peers]) {
+      if (ids.has(id)) continue;
+      peer.snapshot?.reader.close();
+      this.peers.delete(id);
+    }
   }
 
   private stepDown(reason: string): void {
@@ -561,6 +640,7 @@ export class ServerCore {
       if (read.request.consistency === 'linearizable') this.failRead(read, 'NOT_MAIN', 'This server is no longer the main');
     }
     this.pendingReads = this.pendingReads.filter((read) => read.request.consistency !== 'linearizable');
+    for (const peer of this.peers.values()) peer.snapshot?.reader.close();
     this.peers.clear();
   }
 
@@ -596,21 +676,39 @@ export class ServerCore {
     this.adoptEpoch(message.epoch);
     assert(!(this.role === 'main' && message.epoch === this.promisedEpoch), `two mains in epoch ${message.epoch}`);
     if (this.role === 'main') return; // Only reachable with a planted bug: an older main's append.
-    this.mainId = from;
-    this.ackQuorumFromMain = message.ackQuorum;
-    const prevEpoch = this.log.epochAt(message.prevSeq);
-    if (message.prevSeq > this.log.lastSeq || prevEpoch !== message.prevEpoch) {
-      if (message.prevSeq >= this.log.firstSeq - 1) {
+    if (this.installing !== undefined) {
+      // The main that sends a snapshot sends no entries meanwhile: a late message, or the main
+      // gave up on the snapshot. Say where this server is (nothing yet); if the main is still
+      // sending chunks the answer changes nothing, else it starts a new snapshot.
+      if (this.installing.main === from && this.installing.epoch === message.epoch) {
         this.replyToMain(from, message.generation, 'mismatch');
         return;
       }
+      this.abandonInstall();
     }
+    this.mainId = from;
+    this.ackQuorumFromMain = message.ackQuorum;
+    // Logs that hold the same (seq, epoch) hold the same entries up to it. Below this log's start
+    // that is checked at its base (the entry at firstSeq - 1), which the append must carry.
+    const base = seq(this.log.firstSeq - 1);
+    const checkAt = message.prevSeq >= base ? message.prevSeq : base;
+    const checkEpoch = message.prevSeq >= base ? message.prevEpoch : message.entries[base - message.prevSeq - 1]?.epoch;
+    if (checkAt > this.log.lastSeq || this.log.epochAt(checkAt) !== checkEpoch) {
+      this.replyToMain(from, message.generation, 'mismatch');
+      return;
+    }
+    const drops = this.dropCount;
     const appended: LogEntry[] = [];
     for (const entry of message.entries) {
       if (entry.seq < this.log.firstSeq) continue;
       if (entry.seq <= this.log.lastSeq) {
         if (this.log.epochAt(entry.seq) === entry.epoch) continue;
         this.truncateLog(seq(entry.seq - 1), `entry ${entry.seq} conflicts with the main's`);
+        if (this.dropCount !== drops) {
+          // K = 0: the cut took the state, and with it the compacted log: start over from nothing.
+          this.replyToMain(from, message.generation, 'mismatch');
+          return;
+        }
       }
       this.log.append(entry);
       appended.push(entry);
@@ -621,6 +719,10 @@ export class ServerCore {
     const applied = this.kv.appliedSeq;
     if (applied > 0 && applied <= this.matchedSeq && this.log.epochAt(applied) !== undefined && this.log.epochAt(applied) !== this.kv.appliedEpoch) {
       this.stateDiverged(`the main's entry at seq ${applied} is of epoch ${this.log.epochAt(applied)}, the state applied one of epoch ${this.kv.appliedEpoch}`);
+      if (this.dropCount !== drops) {
+        this.replyToMain(from, message.generation, 'mismatch');
+        return;
+      }
     }
     this.learnCommit(message.commitSeq);
     if (this.bugs.has('ackBeforeFsync')) this.sendAck(from, message.generation, true);
@@ -654,8 +756,10 @@ export class ServerCore {
       this.event('debug', 'staleMessage', `Ignoring a stale epochEnd that answers (${message.answersLastEpoch}, ${message.answersLastSeq})`);
       return;
     }
-    const ownEnd = this.log.endOfEpoch(message.forEpoch);
-    const cut = seq(Math.min(message.endSeq, ownEnd));
+    // If the log's base is of a later epoch, forEpoch ended below the log's start (only after a
+    // K = 0 failover lost entries this server compacted): the cut empties state and log.
+    const ownEnd = this.log.startEpoch > message.forEpoch ? this.log.firstSeq - 2 : this.log.endOfEpoch(message.forEpoch);
+    const cut = seq(Math.max(0, Math.min(message.endSeq, ownEnd)));
     if (cut < this.log.lastSeq) this.truncateLog(cut, `divergent tail after the end of epoch ${message.forEpoch}`);
     this.replyToMain(from, message.generation, 'mismatch');
   }
@@ -685,8 +789,29 @@ export class ServerCore {
     assert(this.ackQuorum === 0, `the applied state diverged from the main's log: ${reason}`);
     this.event('warn', 'stateRebuilt', `K = 0: rebuilding the state from the log: ${reason}`);
     this.kv.reset();
+    if (this.log.firstSeq > 1) {
+      // The log no longer starts at 1, so it cannot rebuild the state: a snapshot will.
+      this.dropLog();
+      return;
+    }
     if (this.commitSeq > this.matchedSeq) this.commitSeq = this.matchedSeq;
     this.applyCommitted();
+  }
+
+  /**
+   * K = 0 only, with the state already emptied: forget the log too. The server then holds nothing
+   * and the main sends it everything, from its log or as a snapshot.
+   */
+  private dropLog(): void {
+    assert(this.ackQuorum === 0 && this.kv.appliedSeq === 0, 'only an emptied K = 0 standby drops its log');
+    this.event('warn', 'snapshotStarted', 'K = 0: the log is compacted and cannot rebuild the state; waiting for everything from the main');
+    this.dropCount++;
+    this.log.reset(seq(1), epoch(0));
+    this.durableSeq = seq(0);
+    for (const pending of this.pendingDisk) pending.lastSeqAfter = seq(0);
+    this.disk({ type: 'resetLog', firstSeq: seq(1), baseEpoch: epoch(0) }, { lastSeqAfter: seq(0) });
+    this.matchedSeq = seq(0);
+    this.commitSeq = seq(0);
   }
 
   private ackValue(beforeFsync: boolean): Seq {
@@ -711,6 +836,7 @@ export class ServerCore {
       lastEpoch: this.log.lastEpoch,
       lastSeq: this.log.lastSeq,
       readRound,
+      appliedSeq: this.kv.appliedSeq,
     };
     if (reason !== undefined) reply.reason = reason;
     this.send(to, reply);
@@ -812,11 +938,23 @@ export class ServerCore {
   /** Send a peer what it misses, within the inflight limit, in batches. */
   private sendEntries(peer: Peer): void {
     const limits = this.config.limits;
-    while (peer.nextSeq <= this.log.lastSeq && peer.nextSeq - peer.matchSeq - 1 < limits.inflightEntriesMax) {
+    if (peer.snapshot !== undefined) return;
+    if (peer.needsSnapshot) {
+      // The peer's log ends below this log's start: stream a snapshot of the state instead.
+      this.startSnapshot(peer);
+      return;
+    }
+    // A rewind below the log's start probes at its first entry; the answer decides (onMismatch).
+    if (peer.nextSeq < this.log.firstSeq) this.restartSending(peer, this.log.firstSeq);
+    // In flight: sent since sending last restarted, above the peer's acknowledged seq.
+    // (A peer that answers nothing gets nothing more once the window is full, however far the
+    // log moves on: its transport would only queue or drop what is sent.)
+    const inflight = (): number => peer.nextSeq - Math.max(peer.matchSeq + 1, peer.windowStart);
+    while (peer.nextSeq <= this.log.lastSeq && inflight() < limits.inflightEntriesMax) {
       const prevSeq = seq(peer.nextSeq - 1);
       const prevEpoch = this.log.epochAt(prevSeq);
-      assert(prevEpoch !== undefined, 'snapshots are not implemented: a peer needs compacted entries');
-      const room = limits.inflightEntriesMax - (peer.nextSeq - peer.matchSeq - 1);
+      assert(prevEpoch !== undefined, 'an append follows an entry the log holds');
+      const room = limits.inflightEntriesMax - inflight();
       const last = Math.min(this.log.lastSeq, peer.nextSeq + Math.min(limits.batchEntriesMax, room) - 1);
       const entries = this.log.slice(peer.nextSeq, last);
       this.send(peer.id, {
@@ -827,9 +965,15 @@ export class ServerCore {
     }
   }
 
-  private rewind(peer: Peer, to: number): void {
+  /** Send from `to` on; replies to what was sent before are of an older generation. */
+  private restartSending(peer: Peer, to: number): void {
     peer.generation++;
-    peer.nextSeq = seq(Math.max(to, peer.matchSeq + 1));
+    peer.nextSeq = seq(to);
+    peer.windowStart = seq(to);
+  }
+
+  private rewind(peer: Peer, to: number): void {
+    this.restartSending(peer, Math.max(to, peer.matchSeq + 1));
     peer.lastProgressMs = this.now;
   }
 
@@ -841,9 +985,11 @@ export class ServerCore {
     const peer = this.peers.get(from);
     if (this.role !== 'main' || peer === undefined || reply.epoch < this.promisedEpoch) return;
     peer.lastHeardMs = this.now;
+    peer.appliedSeq = reply.appliedSeq;
     if (reply.bootId !== peer.bootId) {
       // A restarted peer may have lost what it acknowledged before: start counting afresh.
       peer.bootId = reply.bootId;
+      peer.needsSnapshot = false;
       peer.matchSeq = seq(0);
       peer.readRound = 0;
       // Resend at least the last entry, so its prev check finds where the logs part.
@@ -864,19 +1010,32 @@ export class ServerCore {
   /** Find where the peer's log stops matching: directly, or by the epoch-boundary rule. */
   private onMismatch(peer: Peer, reply: AppendReply): void {
     const ownEpoch = this.log.epochAt(reply.lastSeq);
+    const joinable = reply.lastSeq >= this.log.firstSeq - 1 && reply.lastSeq <= this.log.lastSeq && ownEpoch === reply.lastEpoch;
+    if (!joinable && (reply.lastSeq < this.log.firstSeq - 1 || reply.lastEpoch < this.log.startEpoch)) {
+      if (reply.appliedSeq >= this.log.firstSeq - 1 && this.ackQuorum > 0) {
+        // Where the logs part may lie below this log's start, but the peer's state holds every
+        // entry up to its appliedSeq (committed, so matching; not so with K = 0, where a
+        // failover may have lost what it applied): continue from there.
+        this.restartSending(peer, reply.appliedSeq + 1);
+      } else {
+        peer.generation++;
+        peer.needsSnapshot = true;
+      }
+      this.sendEntries(peer);
+      return;
+    }
     if (reply.lastSeq <= this.log.lastSeq && ownEpoch === reply.lastEpoch) {
       this.rewind(peer, reply.lastSeq + 1);
       return;
     }
     assert(reply.lastSeq >= this.log.firstSeq - 1 || ownEpoch === undefined, 'mismatch reply outside the log view');
     const forEpoch = this.log.largestEpochAtMost(reply.lastEpoch);
-    peer.generation++;
+    this.restartSending(peer, this.log.lastSeq + 1);
     this.send(peer.id, {
       type: 'epochEnd', epoch: this.promisedEpoch, generation: peer.generation, forEpoch,
       endSeq: this.log.endOfEpoch(forEpoch), answersLastEpoch: reply.lastEpoch, answersLastSeq: reply.lastSeq,
     });
-    // Hold sending until the standby answers with its cut log.
-    peer.nextSeq = seq(this.log.lastSeq + 1);
+    // Sending holds (nextSeq is past the end) until the standby answers with its cut log.
   }
 
   /** Commit rule (SPEC.md section 3, step 6). */
@@ -904,6 +1063,7 @@ export class ServerCore {
   }
 
   private applyCommitted(): void {
+    if (this.installing !== undefined) return;
     // A server applies only what it holds durably, so a restart replays the log, never misses it.
     const upTo = Math.min(this.commitSeq, this.durableSeq);
     if (upTo <= this.kv.appliedSeq) return;
@@ -940,8 +1100,189 @@ export class ServerCore {
         type: 'heartbeat', epoch: this.promisedEpoch, commitSeq: this.commitSeq, epochStartSeq: this.epochStartSeq,
         readRound: this.readRound, forBootId: peer.bootId, lastSeq: this.log.lastSeq, ackQuorum: this.ackQuorum,
       });
+      const snapshot = peer.snapshot;
+      if (snapshot !== undefined && this.now - snapshot.sentMs >= this.config.timings.retransmitMs) {
+        // Lost or unanswered: send the same chunk again (the standby resumes where it was).
+        snapshot.sentMs = this.now;
+        this.send(peer.id, snapshot.chunk);
+      }
       this.sendEntries(peer);
     }
+  }
+
+  // ---------------------------------------------------------------- compaction and snapshots
+
+  /** Drop applied entries beyond the retention window, in bulk. */
+  private maybeCompact(): void {
+    const retention = this.config.limits.logRetentionEntries;
+    if (this.log.length <= 2 * retention || this.installing !== undefined) return;
+    const through = Math.min(this.kv.appliedSeq, this.durableSeq, this.log.lastSeq - retention);
+    if (through < this.log.firstSeq) return;
+    const throughEpoch = this.log.epochAt(through) as Epoch;
+    this.log.compact(through);
+    this.out.push({ kind: 'compact', throughSeq: seq(through), epoch: throughEpoch });
+  }
+
+  private startSnapshot(peer: Peer): void {
+    const reader = this.kv.snapshotReader();
+    if (reader.seq < this.log.firstSeq - 1) {
+      // The durable state has not reached the log's start yet: try again at the next heartbeat.
+      reader.close();
+      return;
+    }
+    this.snapshotsStarted++;
+    const first = reader.next(this.config.limits.snapshotChunkItemsMax) ?? { items: [], sessions: [] };
+    const outgoing: OutgoingSnapshot = { id: this.snapshotsStarted, reader, chunk: this.snapshotChunk(reader, this.snapshotsStarted, 0, first), sentMs: this.now };
+    peer.snapshot = outgoing;
+    this.event('info', 'snapshotSent', `Sending ${peer.id} a snapshot of the state at seq ${reader.seq}: it needs entries compacted from the log`);
+    this.send(peer.id, outgoing.chunk);
+  }
+
+  private snapshotChunk(reader: KvSnapshotReader, id: number, index: number, data: SnapshotChunk): SnapshotChunkMessage {
+    const upcoming = reader.next(this.config.limits.snapshotChunkItemsMax);
+    this.upcomingChunk.set(reader, upcoming);
+    return {
+      type: 'snapshotChunk', epoch: this.promisedEpoch, snapshotId: id, seq: reader.seq, snapshotEpoch: reader.epoch,
+      index, last: upcoming === undefined, items: data.items, sessions: data.sessions,
+      checksum: crc32(encodeSnapshotPayload(data.items, data.sessions)),
+    };
+  }
+
+  private onSnapshotAck(from: ServerId, ack: SnapshotAck): void {
+    if (ack.epoch > this.promisedEpoch) {
+      this.adoptEpoch(ack.epoch);
+      return;
+    }
+    const peer = this.peers.get(from);
+    const snapshot = peer?.snapshot;
+    if (this.role !== 'main' || peer === undefined || snapshot === undefined || ack.epoch !== this.promisedEpoch || ack.snapshotId !== snapshot.id) return;
+    peer.lastHeardMs = this.now;
+    if (ack.index === -1) {
+      // The standby lost the install (it restarted): start a fresh snapshot.
+      snapshot.reader.close();
+      peer.snapshot = undefined;
+      this.sendEntries(peer);
+      return;
+    }
+    if (ack.index === -2) {
+      // The decision rested on an old answer: the standby holds the snapshot's entry already.
+      snapshot.reader.close();
+      peer.snapshot = undefined;
+      peer.needsSnapshot = false;
+      this.restartSending(peer, snapshot.chunk.seq + 1);
+      this.sendEntries(peer);
+      return;
+    }
+    if (ack.index !== snapshot.chunk.index) return;
+    if (snapshot.chunk.last) {
+      snapshot.reader.close();
+      peer.snapshot = undefined;
+      peer.needsSnapshot = false;
+      this.restartSending(peer, snapshot.chunk.seq + 1);
+      peer.lastProgressMs = this.now;
+      this.sendEntries(peer);
+      return;
+    }
+    const data = this.upcomingChunk.get(snapshot.reader) as SnapshotChunk;
+    snapshot.chunk = this.snapshotChunk(snapshot.reader, snapshot.id, ack.index + 1, data);
+    snapshot.sentMs = this.now;
+    this.send(peer.id, snapshot.chunk);
+  }
+
+  private onSnapshotChunk(from: ServerId, message: SnapshotChunkMessage): void {
+    if (message.epoch < this.promisedEpoch) {
+      this.replyToMain(from, 0, 'staleEpoch');
+      return;
+    }
+    this.adoptEpoch(message.epoch);
+    if (this.role === 'main') return;
+    this.mainId = from;
+    const ack = (index: number): void => this.send(from, { type: 'snapshotAck', epoch: this.promisedEpoch, snapshotId: message.snapshotId, index });
+    if (crc32(encodeSnapshotPayload(message.items, message.sessions)) !== message.checksum) {
+      this.event('warn', 'staleMessage', `Snapshot chunk ${message.index} from ${from} failed its checksum; waiting for it again`);
+      return;
+    }
+    let installing = this.installing;
+    if (installing === undefined || installing.id !== message.snapshotId || installing.main !== from) {
+      if (message.index !== 0) {
+        ack(-1);
+        return;
+      }
+      if (this.holdsEntry(message.seq, message.snapshotEpoch)) {
+        // Installing would empty a log that may hold the last committed entry (the main decided
+        // from a reply that was out of date): entries after the snapshot's seq will do.
+        ack(-2);
+        return;
+      }
+      this.startInstall(`a snapshot at seq ${message.seq} from ${from}`);
+      installing = { id: message.snapshotId, main: from, epoch: message.epoch, next: 0 };
+      this.installing = installing;
+    }
+    if (message.index < installing.next) {
+      ack(message.index);
+      return;
+    }
+    if (message.index > installing.next) {
+      ack(-1);
+      return;
+    }
+    this.kv.installChunk({ items: message.items, sessions: message.sessions });
+    installing.next++;
+    if (message.last) this.finishInstall(message);
+    ack(message.index);
+  }
+
+  /**
+   * Whether this server holds the entry (at, atEpoch): in its log, or applied in its state (with
+   * K >= 1 the applied state is committed, so it holds the main's entries up to appliedSeq).
+   */
+  private holdsEntry(at: Seq, atEpoch: Epoch): boolean {
+    if (at <= this.log.lastSeq && at >= this.log.firstSeq - 1) return this.log.epochAt(at) === atEpoch;
+    return at <= this.kv.appliedSeq && this.ackQuorum > 0;
+  }
+
+  /**
+   * Empty state and log before the first chunk, which is safe because this server does not hold
+   * the snapshot's entry (holdsEntry): the snapshot's seq S is committed and the sending main
+   * holds every entry committed up to now (a later epoch's main would have fenced this server
+   * above the chunk's epoch), so a server holding the last committed entry, at or above S, would
+   * match the main's log at S. Every entry given up here is therefore either committed and held
+   * by every later main, or never committed, and none is the last committed entry, so no
+   * failover depends on it. The server reports an empty
+   * log (lastSeq 0) until the install is done; if the install is cut short (a crash, another
+   * main) it stays empty and catches up from nothing.
+   */
+  private startInstall(what: string): void {
+    this.abandonInstall();
+    this.event('info', 'snapshotStarted', `Emptied the state and the log to install ${what}`);
+    this.kv.reset();
+    this.dropCount++;
+    this.log.reset(seq(1), epoch(0));
+    this.durableSeq = seq(0);
+    for (const pending of this.pendingDisk) pending.lastSeqAfter = seq(0);
+    this.disk({ type: 'resetLog', firstSeq: seq(1), baseEpoch: epoch(0) }, { lastSeqAfter: seq(0) });
+    this.matchedSeq = seq(0);
+    this.commitSeq = seq(0);
+  }
+
+  /** An install that will not finish (another main took over): forget its partial state. */
+  private abandonInstall(): void {
+    if (this.installing === undefined) return;
+    this.installing = undefined;
+    this.kv.reset();
+  }
+
+  private finishInstall(message: SnapshotChunkMessage): void {
+    this.kv.finishSnapshot(message.seq, message.snapshotEpoch);
+    this.installing = undefined;
+    this.log.reset(seq(message.seq + 1), message.snapshotEpoch);
+    // Nothing older may now count as durable; the log restarts at the snapshot once that is on disk.
+    this.durableSeq = seq(0);
+    for (const pending of this.pendingDisk) pending.lastSeqAfter = seq(0);
+    this.disk({ type: 'resetLog', firstSeq: this.log.firstSeq, baseEpoch: message.snapshotEpoch }, { lastSeqAfter: message.seq });
+    this.matchedSeq = message.seq;
+    if (this.commitSeq < message.seq) this.commitSeq = message.seq;
+    this.event('info', 'snapshotInstalled', `Installed a snapshot of the state at seq ${message.seq}; the log continues from seq ${message.seq + 1}`);
   }
 
   /** One confirmation round serves every linearizable read that arrived before it was sent. */
@@ -966,7 +1307,7 @@ export class ServerCore {
   }
 
   private serveReads(): void {
-    if (this.pendingReads.length === 0) return;
+    if (this.pendingReads.length === 0 || this.installing !== undefined) return;
     const confirmed = this.role === 'main' ? this.confirmedRound() : 0;
     const applied = this.kv.appliedSeq;
     const waiting: PendingRead[] = [];

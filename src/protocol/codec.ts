@@ -6,7 +6,7 @@ import { assert } from '../lib/assert.ts';
 import type {
   AppendReply, ClusterMap, ManagerToServer, Member, PeerMessage, ServerToManager,
 } from './messages.ts';
-import type { Compare, LogEntry, Operation, Session, Write } from './types.ts';
+import type { Compare, KeyValue, LogEntry, Operation, Session, SessionRecord, Write, WriteResult } from './types.ts';
 import { epoch, seq, serverId } from './types.ts';
 
 const textEncoder = new TextEncoder();
@@ -254,10 +254,59 @@ export function decodeEntry(bytes: Uint8Array): LogEntry {
   return entry;
 }
 
+// ---------------------------------------------------------------- snapshot chunks
+
+const enum ResultTag { Ok = 1, PreconditionFailed = 2, Txn = 3 }
+
+function writeResult(writer: Writer, result: WriteResult): void {
+  if (result.status === 'txn') writer.u8(ResultTag.Txn).u53(result.seq).u32(result.epoch).u8(result.succeeded ? 1 : 0);
+  else writer.u8(result.status === 'ok' ? ResultTag.Ok : ResultTag.PreconditionFailed).u53(result.seq).u32(result.epoch).u53(result.version);
+}
+
+function readResult(reader: Reader): WriteResult {
+  const tag = reader.u8();
+  const at = seq(reader.u53());
+  const resultEpoch = epoch(reader.u32());
+  if (tag === ResultTag.Txn) return { status: 'txn', seq: at, epoch: resultEpoch, succeeded: reader.bool() };
+  if (tag === ResultTag.Ok) return { status: 'ok', seq: at, epoch: resultEpoch, version: reader.u53() };
+  if (tag === ResultTag.PreconditionFailed) return { status: 'preconditionFailed', seq: at, epoch: resultEpoch, version: reader.u53() };
+  throw new CodecError(`Unknown result tag ${tag}`);
+}
+
+export function writeSnapshotPayload(writer: Writer, items: readonly KeyValue[], sessions: readonly SessionRecord[]): void {
+  writer.u32(items.length);
+  for (const item of items) writer.string(item.key).bytes(item.value).u53(item.version);
+  writer.u32(sessions.length);
+  for (const record of sessions) {
+    writer.string(record.clientId).u53(record.requestId).u53(record.lastSeq);
+    writeResult(writer, record.result);
+  }
+}
+
+function readSnapshotPayload(reader: Reader): { items: KeyValue[]; sessions: SessionRecord[] } {
+  const items: KeyValue[] = [];
+  for (let i = reader.u32(); i > 0; i--) items.push({ key: reader.string(), value: reader.bytes(), version: reader.u53() });
+  const sessions: SessionRecord[] = [];
+  for (let i = reader.u32(); i > 0; i--) {
+    const clientId = reader.string();
+    const requestId = reader.u53();
+    const lastSeq = seq(reader.u53());
+    sessions.push({ clientId, requestId, lastSeq, result: readResult(reader) });
+  }
+  return { items, sessions };
+}
+
+/** The bytes a snapshot chunk's checksum covers. */
+export function encodeSnapshotPayload(items: readonly KeyValue[], sessions: readonly SessionRecord[]): Uint8Array {
+  const writer = new Writer(256);
+  writeSnapshotPayload(writer, items, sessions);
+  return writer.finish();
+}
+
 // ---------------------------------------------------------------- messages
 
 const enum MessageTag {
-  Append = 1, Heartbeat = 2, EpochEnd = 3, AppendReply = 4, Ping = 5,
+  Append = 1, Heartbeat = 2, EpochEnd = 3, AppendReply = 4, Ping = 5, SnapshotChunk = 6, SnapshotAck = 7,
   Status = 10, FenceReply = 11, SwitchoverReady = 12,
   Map = 20, Fence = 21, Switchover = 22,
 }
@@ -317,11 +366,19 @@ export function encodeMessage(message: AnyMessage): Uint8Array {
     case 'appendReply': {
       const reason = message.reason === 'mismatch' ? ReplyReason.Mismatch : message.reason === 'staleEpoch' ? ReplyReason.StaleEpoch : ReplyReason.None;
       writer.u8(MessageTag.AppendReply).u32(message.epoch).u53(message.bootId).u53(message.generation).u8(message.ok ? 1 : 0)
-        .u8(reason).u53(message.ackSeq).u32(message.lastEpoch).u53(message.lastSeq).u53(message.readRound);
+        .u8(reason).u53(message.ackSeq).u32(message.lastEpoch).u53(message.lastSeq).u53(message.readRound).u53(message.appliedSeq);
       break;
     }
     case 'ping':
       writer.u8(MessageTag.Ping);
+      break;
+    case 'snapshotChunk':
+      writer.u8(MessageTag.SnapshotChunk).u32(message.epoch).u53(message.snapshotId).u53(message.seq).u32(message.snapshotEpoch)
+        .u32(message.index).u8(message.last ? 1 : 0).u32(message.checksum);
+      writeSnapshotPayload(writer, message.items, message.sessions);
+      break;
+    case 'snapshotAck':
+      writer.u8(MessageTag.SnapshotAck).u32(message.epoch).u53(message.snapshotId).u32(message.index + 1);
       break;
     case 'status':
       writer.u8(MessageTag.Status).u53(message.bootId).u32(message.promisedEpoch).u8(message.role === 'main' ? 1 : 0)
@@ -381,7 +438,7 @@ function readMessage(reader: Reader): AnyMessage {
     case MessageTag.AppendReply: {
       const reply: AppendReply = {
         type: 'appendReply', epoch: epoch(reader.u32()), bootId: reader.u53(), generation: reader.u53(), ok: reader.bool(),
-        ackSeq: seq(0), lastEpoch: epoch(0), lastSeq: seq(0), readRound: 0,
+        ackSeq: seq(0), lastEpoch: epoch(0), lastSeq: seq(0), readRound: 0, appliedSeq: seq(0),
       };
       const reason = reader.u8();
       if (reason === ReplyReason.Mismatch) reply.reason = 'mismatch';
@@ -391,10 +448,21 @@ function readMessage(reader: Reader): AnyMessage {
       reply.lastEpoch = epoch(reader.u32());
       reply.lastSeq = seq(reader.u53());
       reply.readRound = reader.u53();
+      reply.appliedSeq = seq(reader.u53());
       return reply;
     }
     case MessageTag.Ping:
       return { type: 'ping' };
+    case MessageTag.SnapshotChunk: {
+      const header = {
+        type: 'snapshotChunk' as const, epoch: epoch(reader.u32()), snapshotId: reader.u53(), seq: seq(reader.u53()),
+        snapshotEpoch: epoch(reader.u32()), index: reader.u32(), last: reader.bool(), checksum: reader.u32(),
+      };
+      const { items, sessions } = readSnapshotPayload(reader);
+      return { ...header, items, sessions };
+    }
+    case MessageTag.SnapshotAck:
+      return { type: 'snapshotAck', epoch: epoch(reader.u32()), snapshotId: reader.u53(), index: reader.u32() - 1 };
     case MessageTag.Status:
       return {
         type: 'status', bootId: reader.u53(), promisedEpoch: epoch(reader.u32()), role: reader.bool() ? 'main' : 'standby',

@@ -1,7 +1,7 @@
 // Messages between servers (replication) and between servers and the manager (status, cluster
 // map, fencing). Pure data; codecs live beside the transports that need them.
 
-import type { Epoch, LogEntry, Seq, ServerId } from './types.ts';
+import type { Epoch, KeyValue, LogEntry, Seq, ServerId, SessionRecord } from './types.ts';
 
 export type MemberRole = 'standby' | 'learner';
 
@@ -98,13 +98,45 @@ export interface AppendReply {
   lastEpoch: Epoch;
   lastSeq: Seq;
   readRound: number;
+  /** The standby's appliedSeq: a main resends from above it rather than send a snapshot it does not need. */
+  appliedSeq: Seq;
 }
 
 export interface PingMessage {
   type: 'ping';
 }
 
-export type PeerMessage = AppendMessage | HeartbeatMessage | EpochEndMessage | AppendReply | PingMessage;
+/**
+ * One chunk of a snapshot of the main's state, for a standby that needs entries the main's log
+ * no longer has. Chunks go one at a time, each acknowledged (so a broken connection resumes at
+ * the chunk it lost); the last one ends with the state at (seq, snapshotEpoch).
+ */
+export interface SnapshotChunkMessage {
+  type: 'snapshotChunk';
+  epoch: Epoch;
+  snapshotId: number;
+  seq: Seq;
+  snapshotEpoch: Epoch;
+  index: number;
+  last: boolean;
+  items: KeyValue[];
+  sessions: SessionRecord[];
+  /** CRC-32 of the encoded items and sessions. */
+  checksum: number;
+}
+
+export interface SnapshotAck {
+  type: 'snapshotAck';
+  epoch: Epoch;
+  snapshotId: number;
+  /**
+   * The chunk installed last; −1: start again (the standby knows no such snapshot); −2: not needed
+   * (the standby's log or state already holds the snapshot's entry: send entries after it).
+   */
+  index: number;
+}
+
+export type PeerMessage = AppendMessage | HeartbeatMessage | EpochEndMessage | AppendReply | PingMessage | SnapshotChunkMessage | SnapshotAck;
 
 // ---- server → manager ----
 

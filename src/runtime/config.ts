@@ -55,6 +55,8 @@ export const serverOptions: OptionSpec[] = [
   { name: 'inflight-entries-max', type: 'integer', default: 8192, min: 1, max: 10_000_000, description: 'Most entries sent to one standby and not yet acknowledged.' },
   { name: 'pending-requests-max', type: 'integer', default: 65_536, min: 1, max: 10_000_000, description: 'Most client requests waiting; more are refused with 429.' },
   { name: 'sessions-max', type: 'integer', default: 100_000, min: 1, max: 100_000_000, description: 'Most client sessions remembered for exactly-once retries.' },
+  { name: 'log-retention-entries', type: 'integer', default: 100_000, min: 1, max: 1_000_000_000, description: 'Entries kept in the log below the last one for lagging standbys; older ones are compacted (removed a segment at a time) once the state holds them. A standby further behind receives a snapshot.' },
+  { name: 'snapshot-chunk-items', type: 'integer', default: 4096, min: 1, max: 1_000_000, description: 'Keys per chunk of a snapshot sent to a standby.' },
   { name: 'segment-bytes-max', type: 'integer', default: 64 * 1_048_576, min: 4096, max: 4 * 1024 * 1_048_576, description: 'Size at which a log segment file is closed and a new one started.' },
 ];
 

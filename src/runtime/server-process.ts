@@ -12,8 +12,8 @@ import type { IncomingRequest, ServerEffect, ServerLimits, ServerTimings } from 
 import { ServerCore } from '../core/server.ts';
 import { decodeMessage, encodeMessage } from '../protocol/codec.ts';
 import type { ClusterMap, PeerMessage } from '../protocol/messages.ts';
-import type { ClientRequest, ClientResponse, ServerId } from '../protocol/types.ts';
-import { serverId } from '../protocol/types.ts';
+import type { ClientRequest, ClientResponse, Seq, ServerId } from '../protocol/types.ts';
+import { seq, serverId } from '../protocol/types.ts';
 import type { HttpApiLimits } from '../server/http-api.ts';
 import { memberAddress, parseHttpRequest, renderClientResponse, renderParseError } from '../server/http-api.ts';
 import { openFileLog } from '../storage/file-log.ts';
@@ -81,6 +81,21 @@ export async function startServerProcess(config: ServerProcessConfig): Promise<R
     transport.updatePeers(peers);
   };
 
+  // Compaction: once the state store is durable up to throughSeq (it is at least there when the
+  // core compacts), the log's segments wholly below throughSeq + 1 may go. One at a time.
+  let compacting: Promise<void> = Promise.resolve();
+  const compact = (throughSeq: Seq): void => {
+    compacting = compacting
+      .then(() => store.flushed())
+      .then(() => log.removeSegmentsBefore(seq(throughSeq + 1)))
+      .then((removed) => {
+        if (removed > 0) logger.debug({ throughSeq, removed, firstSeq: log.firstSeq }, 'Compacted the log');
+      })
+      .catch((error: unknown) => {
+        if (!stopping) logger.warn({ err: error }, 'Log compaction failed; the log keeps its old segments');
+      });
+  };
+
   const run = (effects: ServerEffect[]): void => {
     for (const effect of effects) {
       switch (effect.kind) {
@@ -99,6 +114,9 @@ export async function startServerProcess(config: ServerProcessConfig): Promise<R
           resolve?.(effect.response);
           break;
         }
+        case 'compact':
+          compact(effect.throughSeq);
+          break;
         case 'event':
           metrics.onEvent(effect.code);
           logger[effect.level]({ code: effect.code }, effect.message);
@@ -220,6 +238,7 @@ export async function startServerProcess(config: ServerProcessConfig): Promise<R
       await closed;
       clearTimeout(grace);
       await transport.close();
+      await compacting;
       await log.close();
       await store.close();
     },
@@ -259,6 +278,7 @@ export function serverStatusView(core: ServerCore, config: ServerProcessConfig, 
     lastEpoch: status.lastEpoch,
     lastSeq: core.lastSeq,
     durableSeq: status.lastSeq,
+    firstSeq: core.firstSeq,
     commitSeq: status.commitSeq,
     appliedSeq: status.appliedSeq,
     incomplete: status.incomplete,

@@ -58,6 +58,8 @@ export interface SimCounters {
   jointConfirmed: number;
   fenceQuorumWaits: number;
   truncations: number;
+  compactions: number;
+  snapshotsInstalled: number;
   duplicatesAbsorbed: number;
   writesAcknowledged: number;
   readsOk: number;
@@ -94,7 +96,7 @@ export function emptyCounters(): SimCounters {
   return {
     events: 0, messagesSent: 0, messagesDropped: 0, messagesDuplicated: 0, partitions: 0, oneWayPartitions: 0, clogs: 0,
     serverCrashes: 0, newMainsCrashed: 0, newMainsIsolated: 0, serverPauses: 0, managerCrashes: 0, unsyncedWritesLost: 0, tornRecordsRecovered: 0,
-    bitFlipsDetected: 0, incompleteRepaired: 0, managerPauses: 0, localReadsOk: 0, failovers: 0, switchoversRequested: 0, switchoversCompleted: 0, serversAdded: 0, learnersPromoted: 0, serversRemoved: 0, ackQuorumChanges: 0, jointConfirmed: 0, fenceQuorumWaits: 0, truncations: 0, duplicatesAbsorbed: 0,
+    bitFlipsDetected: 0, incompleteRepaired: 0, managerPauses: 0, localReadsOk: 0, failovers: 0, switchoversRequested: 0, switchoversCompleted: 0, serversAdded: 0, learnersPromoted: 0, serversRemoved: 0, ackQuorumChanges: 0, jointConfirmed: 0, fenceQuorumWaits: 0, truncations: 0, compactions: 0, snapshotsInstalled: 0, duplicatesAbsorbed: 0,
     writesAcknowledged: 0, readsOk: 0, casOk: 0, operationsUnknown: 0, clientRetries: 0,
   };
 }
@@ -149,6 +151,8 @@ interface FaultProfile {
   inflightEntriesMax: number;
   /** Chance that a newly appointed main is crashed within tens of milliseconds (flapping). */
   killNewMainChance: number;
+  logRetentionEntries: number;
+  snapshotChunkItemsMax: number;
 }
 
 type NemesisKind = 'addServer' | 'removeServer' | 'setAckQuorum' | 'switchover' | 'crash' | 'pause' | 'crashManager' | 'pauseManager' | 'isolate' | 'isolateMain' | 'mainFromManager' | 'split' | 'oneWay' | 'clog';
@@ -278,6 +282,8 @@ class Simulation {
       batchEntriesMax: 1,
       inflightEntriesMax: 1,
       killNewMainChance: random.pick([0, 0, 0.3, 0.7]),
+      logRetentionEntries: random.pick([2, 8, 32, 1000]),
+      snapshotChunkItemsMax: random.pick([1, 2, 16]),
     };
     this.profile.batchEntriesMax = random.pick([1, 2, 8, 64]);
     this.profile.inflightEntriesMax = this.profile.batchEntriesMax * random.pick([1, 4, 16]);
@@ -431,8 +437,11 @@ class Simulation {
     const recovery = node.disk.recover();
     if (recovery.corruptionFound) this.counters.bitFlipsDetected++;
     node.core = new ServerCore(
-      { id: node.id, timings: defaultServerTimings, limits: { ...defaultServerLimits, batchEntriesMax: this.profile.batchEntriesMax, inflightEntriesMax: this.profile.inflightEntriesMax }, bugs: this.bugs },
-      { meta: recovery.meta, entries: recovery.entries, corruptionFound: recovery.corruptionFound, bootId: this.random.uint32() + 1, store: node.disk.store },
+      { id: node.id, timings: defaultServerTimings, limits: {
+        ...defaultServerLimits, batchEntriesMax: this.profile.batchEntriesMax, inflightEntriesMax: this.profile.inflightEntriesMax,
+        logRetentionEntries: this.profile.logRetentionEntries, snapshotChunkItemsMax: this.profile.snapshotChunkItemsMax,
+      }, bugs: this.bugs },
+      { meta: recovery.meta, entries: recovery.entries, firstSeq: recovery.firstSeq, baseEpoch: recovery.baseEpoch, corruptionFound: recovery.corruptionFound, bootId: this.random.uint32() + 1, store: node.disk.store },
     );
     node.commitSeen = node.core.committed;
     node.paused = false;
@@ -547,8 +556,19 @@ class Simulation {
           this.send(node.id, `client:${target.client}`, { kind: 'response', attempt: target.attempt, response: effect.response });
           break;
         }
+        case 'compact':
+          // The simulated state store is durable at once, so the log may go now.
+          node.disk.compact(effect.throughSeq, effect.epoch);
+          this.counters.compactions++;
+          break;
         case 'event':
           if (effect.code === 'duplicateAbsorbed') this.counters.duplicatesAbsorbed++;
+          if (effect.code === 'snapshotInstalled') this.counters.snapshotsInstalled++;
+          // The server empties its state to install a snapshot (or, with K = 0, to start over).
+          if (effect.code === 'snapshotStarted') {
+            node.appliedSeen = 0;
+            node.commitSeen = 0;
+          }
           if (effect.code === 'truncated') this.counters.truncations++;
           if (effect.code === 'repaired') this.counters.incompleteRepaired++;
           if (effect.level !== 'debug') this.log(`${node.id}: ${effect.message}`);
@@ -1074,6 +1094,8 @@ class Simulation {
     // Acknowledged only once committed (where durability on K standbys is checked, see
     // checkCommitDurable) — possibly much earlier, for a retry answered with its recorded result.
     if (at > core.committed) violated(`${node.id} acknowledged seq ${at} above its commitSeq ${core.committed}`);
+    // Compacted into the state: it was checked when it committed.
+    if (at < core.firstSeq) return;
     const entry = core.entryAt(at) ?? this.committed[at - 1];
     if (entry === undefined) violated(`${node.id} acknowledged seq ${at} that it does not hold`);
     if (!this.durableOn(node, at, entry)) violated(`${node.id} acknowledged seq ${at} before it was durable on the main`);
@@ -1084,8 +1106,10 @@ class Simulation {
    * and its server stays incomplete (out of fence quorums) until repaired.
    */
   private durableOn(node: ServerNode, at: number, entry: LogEntry): boolean {
-    const durable = node.disk.durableLog[at - 1] ?? node.disk.lostToCorruption.get(at);
-    return durable !== undefined && sameEntry(durable, entry);
+    const durable = node.disk.entryAt(at) ?? node.disk.lostToCorruption.get(at);
+    if (durable !== undefined) return sameEntry(durable, entry);
+    // Below the log's start the entry is in the state (compacted, or received in a snapshot).
+    return at < node.disk.logStart && node.disk.store.appliedSeq() >= at;
   }
 
   /** When a main commits seqs (from, to], each is durable on it and on K standbys of its map. */
@@ -1098,7 +1122,10 @@ class Simulation {
       if (entry === undefined) continue;
       if (!this.durableOn(node, at, entry)) violated(`${node.id} committed seq ${at} before it was durable on the main`);
       const holders = standbys.filter((other) => this.durableOn(other, at, entry)).length;
-      if (holders < quorum) violated(`${node.id} committed seq ${at} durable on ${holders} standbys, K = ${quorum} (map version ${map?.version})`);
+      if (holders < quorum) {
+        const where = standbys.map((other) => `${other.id}: log ${other.disk.logStart}..${other.disk.lastSeq}, state at ${other.disk.store.appliedSeq()}${other.disk.lostToCorruption.has(at) ? ', lost to corruption' : ''}`).join('; ');
+        violated(`${node.id} committed seq ${at} durable on ${holders} standbys, K = ${quorum} (map version ${map?.version}; ${where})`);
+      }
     }
   }
 
@@ -1124,6 +1151,7 @@ class Simulation {
       // With K = 0 a failover may lose committed entries (SPEC.md section 3): a server then cuts
       // its commitSeq and rebuilds its state, and the committed log of the cluster may change.
       const asynchronous = this.ackQuorum === 0;
+      // Only a snapshot install (the 'snapshotStarted' event) empties the state.
       if (applied < node.appliedSeen && !asynchronous) violated(`${node.id} appliedSeq went back from ${node.appliedSeen} to ${applied}`);
       node.appliedSeen = applied;
       if (commit < node.commitSeen && !asynchronous) violated(`${node.id} commitSeq went back from ${node.commitSeen} to ${commit}`);
@@ -1167,10 +1195,7 @@ class Simulation {
       const standbys = new Set(configuration.members.filter((member) => member.role === 'standby' && member.id !== main).map((member) => member.id as string));
       return { standbys, need: configuration.ackQuorum === 0 ? 1 : Math.max(1, standbys.size - configuration.ackQuorum + 1) };
     });
-    const position = (node: ServerNode): [number, number] => {
-      const log = node.disk.durableLog;
-      return [log[log.length - 1]?.epoch ?? 0, log.length];
-    };
+    const position = (node: ServerNode): [number, number] => [node.disk.lastEpoch, node.disk.lastSeq];
     const higher = (a: ServerNode, b: ServerNode): boolean => {
       const [ea, sa] = position(a);
       const [eb, sb] = position(b);
@@ -1184,10 +1209,10 @@ class Simulation {
       if (candidates.length === 0) continue;
       let chosen = candidates[0] as ServerNode;
       for (const node of candidates) if (higher(node, chosen)) chosen = node;
-      const held = chosen.disk.durableLog[committedLength - 1];
-      if (held === undefined || !sameEntry(held, last)) {
+      const held = chosen.disk.entryAt(committedLength);
+      if (!this.durableOn(chosen, committedLength, last)) {
         const configuration = configurations.map((c) => `K=${c.ackQuorum} ${c.members.map((member) => `${member.id}:${member.role}`).join(',')}`).join(' joint with ');
-        violated(`a failover now could lose committed seq ${committedLength}: fence replies from ${subset.map((node) => node.id).join(', ')} would appoint ${chosen.id} at (${position(chosen).join(', ')}), which ${held === undefined ? 'lacks it' : `holds ${describe(held)}`} (main ${main}; ${configuration})`);
+        violated(`a failover now could lose committed seq ${committedLength}: fence replies from ${subset.map((node) => node.id).join(', ')} would appoint ${chosen.id} at (${position(chosen).join(', ')}), which ${held === undefined ? `lacks it (its durable log starts at ${chosen.disk.logStart}, its state is at ${chosen.disk.store.appliedSeq()})` : `holds ${describe(held)}`} (main ${main}; ${configuration})`);
       }
     }
   }
@@ -1243,12 +1268,12 @@ class Simulation {
     const converged = (): boolean => {
       const main = this.currentMain()?.core;
       if (main === undefined || main.committed !== main.lastSeq) return false;
-      const lastEpoch = main.entryAt(main.lastSeq)?.epoch;
+      const lastEpoch = main.lastEpoch;
       const members = new Set(this.managerDurable.members.map((member) => member.id as string));
       return this.servers.filter((node) => members.has(node.id)).every((node) => node.core !== undefined && node.core.lastSeq === main.lastSeq
-        && node.core.entryAt(main.lastSeq)?.epoch === lastEpoch
+        && node.core.lastEpoch === lastEpoch
         && node.core.committed === main.committed && node.core.applied === main.committed
-        && node.disk.durableLog.length === main.lastSeq);
+        && node.disk.lastSeq === main.lastSeq);
     };
     this.loop(this.now + boundMs, () => this.clientsIdle() && converged());
     if (!converged()) {
@@ -1258,9 +1283,9 @@ class Simulation {
     const reference = this.currentMain() as ServerNode;
     const members = new Set(this.managerDurable.members.map((member) => member.id as string));
     for (const node of this.servers.filter((candidate) => members.has(candidate.id))) {
-      for (let at = 1; at <= reference.disk.durableLog.length; at++) {
-        const mine = node.disk.durableLog[at - 1] as LogEntry;
-        const theirs = reference.disk.durableLog[at - 1] as LogEntry;
+      for (let at = Math.max(node.disk.logStart, reference.disk.logStart); at <= reference.disk.lastSeq; at++) {
+        const mine = node.disk.entryAt(at) as LogEntry;
+        const theirs = reference.disk.entryAt(at) as LogEntry;
         if (!sameEntry(mine, theirs)) violated(`after convergence ${node.id} and the main ${reference.id} differ at seq ${at}`);
       }
       const mine = [...node.disk.store.data].sort(([a], [b]) => (a < b ? -1 : 1));

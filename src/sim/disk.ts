@@ -73,6 +73,8 @@ export class SimDisk {
           if (written++ >= entriesLimit) break;
           assert(entry.seq === this.lastSeq + 1, `disk append at ${entry.seq} after ${this.lastSeq}`);
           this.durableLog.push(entry);
+          // The seq holds a new entry now: the destroyed one is no longer this server's.
+          this.lostToCorruption.delete(entry.seq);
         }
         break;
       }
@@ -83,6 +85,7 @@ export class SimDisk {
         this.durableLog = [];
         this.logStart = operation.firstSeq;
         this.logStartEpoch = operation.baseEpoch;
+        for (const at of this.lostToCorruption.keys()) if (at < this.logStart) this.lostToCorruption.delete(at);
         break;
       case 'meta':
         this.durableMeta = { ...operation.meta };
@@ -102,6 +105,18 @@ export class SimDisk {
   /** Epoch of the last durable entry (or of the snapshot the log starts after). */
   get lastEpoch(): Epoch {
     return this.durableLog[this.durableLog.length - 1]?.epoch ?? this.logStartEpoch;
+  }
+
+  /** Remove durable entries up to `through` (the state holds them durably). */
+  compact(through: number, throughEpoch: Epoch): void {
+    if (through < this.logStart) return;
+    const count = Math.min(this.durableLog.length, through - this.logStart + 1);
+    const last = this.durableLog[count - 1];
+    this.durableLog = this.durableLog.slice(count);
+    this.logStart = seq(this.logStart + count);
+    this.logStartEpoch = last?.epoch ?? throughEpoch;
+    for (const at of this.lostToCorruption.keys()) if (at < this.logStart) this.lostToCorruption.delete(at);
+    this.changes++;
   }
 
   /** The process died: keep what is durable plus, by chance, a prefix of what was not. */

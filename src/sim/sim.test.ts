@@ -19,6 +19,8 @@ describe('simulator', () => {
     let run = 0;
     let failovers = 0;
     let acknowledged = 0;
+    let snapshots = 0;
+    let compactions = 0;
     const kinds = new Set<string>();
     for (let seed = 1; seed <= swarmSeeds; seed++) {
       const result = runSimulation({ seed });
@@ -26,6 +28,8 @@ describe('simulator', () => {
       run++;
       failovers += result.counters.failovers;
       acknowledged += result.counters.writesAcknowledged;
+      snapshots += result.counters.snapshotsInstalled;
+      compactions += result.counters.compactions;
       kinds.add(`${result.servers}/${result.ackQuorum}`);
       if (performance.now() - started > swarmBudgetMs) break;
     }
@@ -33,6 +37,7 @@ describe('simulator', () => {
     // The swarm must really exercise the protocol, not pass by doing nothing.
     assert.ok(failovers > run / 2, `too few failovers: ${failovers} in ${run} seeds`);
     assert.ok(acknowledged > run * 20, `too few acknowledged writes: ${acknowledged} in ${run} seeds`);
+    assert.ok(snapshots > run / 10 && compactions > run, `too few snapshots (${snapshots}) or compactions (${compactions}) in ${run} seeds`);
     assert.ok(kinds.size >= 8, `too few cluster shapes: ${[...kinds].join(' ')}`);
   });
 
@@ -45,6 +50,14 @@ describe('simulator', () => {
       5080, // the simulated manager's state writes completed out of order
       21, // a switchover in a joint configuration with an incomplete server never appointed anyone
       868, // an old main answering a retry after K was raised (checked at commit, not at reply)
+      101, // a snapshot decided on an out-of-date reply emptied a log holding the last committed entry
+      97, // a state ahead of a log cut by corruption: the log must continue after the state
+      430, // after a jump in what is sent, the inflight window counted entries never sent
+      7, // K = 0: an append below a compacted log's start was taken without checking its base
+      536, // K = 0: the end of an epoch lost in a failover lay below the log's start
+      4499, // K = 0: a cut that emptied state and log went on cutting, and the server became main at seq 1
+      2675, // an append from the main during an install it had given up was ignored forever
+      8167, // checker: a log reset after a corruption cut forgot entries destroyed while durable
     ];
     for (const seed of regressionSeeds) {
       const result = runSimulation({ seed });

@@ -97,10 +97,14 @@ function segmentFiles(dataDir: string): Promise<string[]> {
   return readdir(join(dataDir, 'log')).then((names) => names.sort());
 }
 
+/** A core on a recovered log, with a state that holds what the log compacted (up to its start). */
 function startCore(recovered: RecoveredLog): ServerCore {
+  const store = new MemoryKvStore();
+  const base = recovered.firstSeq - 1;
+  if (base > 0) store.commit({ keys: new Map(), sessions: new Map(), appliedSeq: seq(base), appliedEpoch: recovered.baseEpoch });
   return new ServerCore(
     { id: serverId('s1'), timings: defaultServerTimings, limits: defaultServerLimits },
-    { ...recovered, bootId: 1, store: new MemoryKvStore() },
+    { ...recovered, bootId: 1, store },
   );
 }
 
