@@ -22,6 +22,12 @@ export interface ManagerTimings {
   failoverAfterMs: number;
   /** A status older than this is not fresh. */
   statusFreshMs: number;
+  /**
+   * A main whose connection closed and that has said nothing since, while no standby hears it
+   * either, is failed over after this long (a crashed process closes its connections at once;
+   * a partition or a pause does not, and waits for failoverAfterMs).
+   */
+  lostFailoverMs: number;
   /** How long a planned switchover may keep writes paused before it is abandoned. */
   switchoverPauseMs: number;
   /** A learner this close to the main's last seq (in entries) is promoted to standby. */
@@ -32,6 +38,7 @@ export const defaultManagerTimings: ManagerTimings = {
   heartbeatMs: 100,
   failoverAfterMs: 1000,
   statusFreshMs: 1000,
+  lostFailoverMs: 250,
   switchoverPauseMs: 2000,
   learnerPromotionLagMax: 64,
 };
@@ -128,6 +135,8 @@ export class ManagerCore {
   private mainBootId: number | undefined;
   /** Since when the main has reported fewer than K standbys in contact. */
   private mainIsolatedSinceMs: number | undefined;
+  /** When the main's connection to the manager closed, if nothing came from it since. */
+  private mainLostMs: number | undefined;
   private lastWaitReport = '';
   /** A planned switchover waiting for the main to be ready (not persisted: the main times out). */
   private switchover: { target: ServerId; untilMs: number } | undefined;
@@ -172,9 +181,17 @@ export class ManagerCore {
     return this.end();
   }
 
+  /** The connection on which a server sends to the manager closed (see ServerCore.onPeerLost). */
+  onPeerLost(now: number, from: ServerId): ManagerEffect[] {
+    this.begin(now);
+    if (from === this.state.main) this.mainLostMs = now;
+    return this.end();
+  }
+
   onStatus(now: number, from: ServerId, status: StatusMessage): ManagerEffect[] {
     this.begin(now);
     if (this.member(from) === undefined) return this.end();
+    if (from === this.state.main) this.mainLostMs = undefined;
     this.views.set(from, { status, receivedMs: now });
     if (this.announced !== undefined && status.mapVersion < this.announced.version) this.sendMap(from);
     return this.end();
@@ -505,6 +522,16 @@ export class ManagerCore {
       }
     }
 
+    // The main's connection closed and it has not come back: its process is most likely gone.
+    // Still only if no standby hears it (a status sent after the loss, or fresh and without it).
+    if (this.mainLostMs !== undefined && this.now - this.mainLostMs >= timings.lostFailoverMs) {
+      const reporters = this.standbys(main).map((member) => this.fresh(member.id)).filter((s): s is StatusMessage => s !== undefined);
+      if (reporters.length > 0 && reporters.every((s) => !s.contacts.includes(main))) {
+        this.startFailover(`the main ${main}'s connection closed ${Math.round(this.now - this.mainLostMs)} ms ago, it has not come back, and no standby hears it`);
+        return;
+      }
+    }
+
     // The main reports it cannot reach K standbys, while a candidate could.
     const quorum = this.state.ackQuorum;
     if (status !== undefined && quorum > 0 && status.role === 'main' && status.standbysInContact < quorum) {
@@ -605,6 +632,7 @@ export class ManagerCore {
     this.appointedMs = this.now;
     this.mainBootId = undefined;
     this.mainIsolatedSinceMs = undefined;
+    this.mainLostMs = undefined;
     const configuration = this.configurationWithMain(best);
     this.persist({ ...this.state, ...configuration.state, main: best.id, previousMain: null, phase: 'stable', mapVersion: this.state.mapVersion + 1, reason: '', preferredMain: null }, 'broadcastMap');
     this.event('info', `Appointed ${best.id} main of epoch ${this.state.epoch} after ${tookMs} ms (${reason})${configuration.note}`,

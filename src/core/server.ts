@@ -330,6 +330,18 @@ export class ServerCore {
     return this.end();
   }
 
+  /**
+   * The connection on which a peer sends to this server closed (its process may be gone): it no
+   * longer counts as a contact, and the manager hears so at once rather than at the next
+   * heartbeat, so a crashed main is failed over quickly. A hint only: anything heard from the
+   * peer afterwards makes it a contact again.
+   */
+  onPeerLost(now: number, from: ServerId): ServerEffect[] {
+    this.begin(now);
+    if (this.contacts.delete(from)) this.reportStatus();
+    return this.end();
+  }
+
   /** Disk operation `operationId` and every one before it are durable. */
   onDiskDone(now: number, operationId: number): ServerEffect[] {
     this.begin(now);

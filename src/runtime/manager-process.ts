@@ -130,6 +130,8 @@ export async function startManagerProcess(config: ManagerProcessConfig): Promise
     else logger.debug({ from, type: (message as { type: string }).type }, 'Ignoring a message not meant for the manager');
   };
 
+  transport.onPeerLost = (from: string): void => run(core.onPeerLost(now(), serverId(from)));
+
   await transport.start();
   run(core.start(now()));
   const ticker = setInterval(() => run(core.tick(now())), Math.max(5, Math.floor(config.heartbeatMs / 2)));

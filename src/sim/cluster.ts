@@ -41,6 +41,8 @@ export interface SimCounters {
   newMainsCrashed: number;
   newMainsIsolated: number;
   serverPauses: number;
+  /** Connections closed under a live process (a reset): the peers are told, as after a crash. */
+  connectionResets: number;
   managerCrashes: number;
   unsyncedWritesLost: number;
   tornRecordsRecovered: number;
@@ -95,7 +97,7 @@ export interface SimResult {
 export function emptyCounters(): SimCounters {
   return {
     events: 0, messagesSent: 0, messagesDropped: 0, messagesDuplicated: 0, partitions: 0, oneWayPartitions: 0, clogs: 0,
-    serverCrashes: 0, newMainsCrashed: 0, newMainsIsolated: 0, serverPauses: 0, managerCrashes: 0, unsyncedWritesLost: 0, tornRecordsRecovered: 0,
+    serverCrashes: 0, newMainsCrashed: 0, newMainsIsolated: 0, serverPauses: 0, connectionResets: 0, managerCrashes: 0, unsyncedWritesLost: 0, tornRecordsRecovered: 0,
     bitFlipsDetected: 0, incompleteRepaired: 0, managerPauses: 0, localReadsOk: 0, failovers: 0, switchoversRequested: 0, switchoversCompleted: 0, serversAdded: 0, learnersPromoted: 0, serversRemoved: 0, ackQuorumChanges: 0, jointConfirmed: 0, fenceQuorumWaits: 0, truncations: 0, compactions: 0, snapshotsInstalled: 0, duplicatesAbsorbed: 0,
     writesAcknowledged: 0, readsOk: 0, casOk: 0, operationsUnknown: 0, clientRetries: 0,
   };
@@ -118,7 +120,9 @@ type Payload =
   | { kind: 'toManager'; message: ServerToManager }
   | { kind: 'fromManager'; message: ManagerToServer }
   | { kind: 'request'; attempt: number; request: ClientRequest }
-  | { kind: 'response'; attempt: number; response: ClientResponse };
+  | { kind: 'response'; attempt: number; response: ClientResponse }
+  /** The sender's connection to the receiver closed (its process died, or a reset). */
+  | { kind: 'lost' };
 
 type SimEvent =
   | { type: 'net'; from: NodeName; to: NodeName; payload: Payload }
@@ -467,7 +471,14 @@ class Simulation {
     if (!anotherIncomplete && this.random.chance(this.profile.bitFlipChance) && node.disk.flipBit(this.random)) this.log(`${node.id} bit flip planted`);
     // Answer nothing for the requests in flight: clients time out.
     node.requests.clear();
+    // Its sockets close: every process it talked to sees the connection end (unless the network
+    // loses that too).
+    this.connectionsLost(node.id);
     this.log(`${node.id} crashed (survived ${outcome.survived} unsynced operations${outcome.torn ? ', torn tail' : ''})`);
+  }
+
+  private connectionsLost(from: NodeName): void {
+    for (const to of this.nodeNames()) if (to !== from) this.send(from, to, { kind: 'lost' });
   }
 
   private startManager(): void {
@@ -639,9 +650,13 @@ class Simulation {
   private deliver(event: SimEvent & { type: 'net' }): void {
     const { from, to, payload } = event;
     if (to === MANAGER) {
-      if (this.manager === undefined || payload.kind !== 'toManager') return;
+      if (this.manager === undefined || (payload.kind !== 'toManager' && payload.kind !== 'lost')) return;
       if (this.managerPaused) {
         this.managerHeld.push(event);
+        return;
+      }
+      if (payload.kind === 'lost') {
+        this.runManagerEffects(this.manager.onPeerLost(this.now, serverId(from)));
         return;
       }
       if (payload.message.type === 'fenceReply') this.log(`manager <- ${from}: fence reply ${JSON.stringify(payload.message)}`);
@@ -670,6 +685,9 @@ class Simulation {
         break;
       case 'fromManager':
         this.runServerEffects(node, core.onManagerMessage(this.now, payload.message));
+        break;
+      case 'lost':
+        if (from !== MANAGER) this.runServerEffects(node, core.onPeerLost(this.now, serverId(from)));
         break;
       case 'request': {
         const requestId = this.nextRequestId++;
@@ -710,6 +728,14 @@ class Simulation {
     }
     const duration = this.random.int(200, 4000);
     const random = this.random;
+    if (random.chance(0.1)) {
+      // A connection reset under a live server: its peers are told it is lost, yet it lives on.
+      const node = random.pick(this.servers);
+      if (node.core !== undefined) {
+        this.counters.connectionResets++;
+        this.connectionsLost(node.id);
+      }
+    }
     switch (kind) {
       case 'crash': {
         const node = random.chance(0.5) ? this.currentMain() ?? random.pick(this.servers) : random.pick(this.servers);

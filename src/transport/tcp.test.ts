@@ -394,6 +394,30 @@ describe('TcpTransport', { timeout: 60_000 }, () => {
     }
   });
 
+  it('reports a peer lost when its connection closes, and not when a newer one replaces it', { timeout: 10_000 }, async () => {
+    const b = await listening('b');
+    const port = boundAddress(b).port;
+    const lost: string[] = [];
+    b.onPeerLost = (from) => lost.push(from);
+    const older = await rawClient(port);
+    const newer = await rawClient(port);
+    try {
+      older.socket.write(encodeFrame(encodeHello({ from: 'x', to: 'b' })));
+      await waitFor('the first hello', () => b.stats().inboundConnections === 1);
+      newer.socket.write(encodeFrame(encodeHello({ from: 'x', to: 'b' })));
+      await closedWithin(older.closed, 2_000, 'The older connection of a sender');
+      await sleep(50);
+      assert.deepEqual(lost, [], 'a replaced connection is not a lost peer');
+      newer.socket.destroy();
+      await waitFor('the loss to be reported', () => lost.length === 1);
+      assert.deepEqual(lost, ['x']);
+    } finally {
+      older.socket.destroy();
+      newer.socket.destroy();
+      await b.close();
+    }
+  });
+
   it('follows the address book: removed peers are disconnected, moved peers reconnected', { timeout: 10_000 }, async () => {
     const b1 = await listening('b');
     const b2 = await listening('b');

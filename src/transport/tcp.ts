@@ -57,6 +57,11 @@ export interface TcpTransportOptions {
   backoff?: { initialMs: number; maxMs: number };
   logger?: TransportLogger;
   onMessage?: (from: string, payload: Uint8Array) => void;
+  /**
+   * The identified connection on which a peer sends to us closed: a hint that its process may be
+   * gone (a crash closes its sockets at once; a partition or a pause does not).
+   */
+  onPeerLost?: (from: string) => void;
   /** Jitter source in [0, 1). */
   random?: () => number;
   /** Monotonic milliseconds. */
@@ -204,6 +209,7 @@ export class TcpTransport {
    * must not throw; an exception is a bug and propagates.
    */
   onMessage: (from: string, payload: Uint8Array) => void;
+  onPeerLost: (from: string) => void;
 
   private readonly selfId: string;
   private readonly listenAddress: PeerAddress | undefined;
@@ -252,6 +258,7 @@ export class TcpTransport {
     this.directory = options.peers;
     this.logger = options.logger ?? consoleLogger;
     this.onMessage = options.onMessage ?? (() => {});
+    this.onPeerLost = options.onPeerLost ?? (() => {});
     this.random = options.random ?? Math.random;
     this.now = options.now ?? (() => performance.now());
     this.frameBytesMax = options.frameBytesMax ?? defaultFrameBytesMax;
@@ -663,8 +670,10 @@ export class TcpTransport {
     });
     socket.on('close', () => {
       clearHelloTimer();
-      if (from !== null && this.inbound.get(from) === socket) this.inbound.delete(from);
+      const current = from !== null && this.inbound.get(from) === socket;
+      if (current) this.inbound.delete(from as string);
       this.logger.debug({ remote, peer: from, reason: describe(failure) }, 'Inbound connection closed');
+      if (current && !this.closed) this.onPeerLost(from as string);
     });
   }
 
