@@ -16,9 +16,11 @@ import { fileURLToPath } from 'node:url';
 import { connect } from '../src/client/client.ts';
 import type { BackupResult, CommandOutput } from '../src/cli/backup.ts';
 import { runBackup, runRestore } from '../src/cli/backup.ts';
-import { snapshotHeaders } from '../src/runtime/snapshot-http.ts';
+import { epoch as toEpoch, seq as toSeq } from '../src/protocol/types.ts';
+import { handleSnapshotRequest, snapshotHeaders } from '../src/runtime/snapshot-http.ts';
 import type { BackupItem } from '../src/storage/backup-format.ts';
 import { BackupDecoder } from '../src/storage/backup-format.ts';
+import { openLmdbStore } from '../src/storage/lmdb-store.ts';
 import { freePorts, http, TestCluster, waitFor } from './harness.ts';
 
 const entry = fileURLToPath(new URL('../src/cli/main.ts', import.meta.url));
@@ -301,5 +303,38 @@ describe('backup and restore', { timeout: 300_000 }, () => {
     assert.equal(await readFile(out, 'utf8'), 'precious');
     const [unused] = await freePorts(1) as [number];
     await assert.rejects(runBackup(['--out', join(directory, 'other.backup'), '--endpoint', `http://127.0.0.1:${unused}`], capture()), /Cannot find a server to back up from http:\/\/127\.0\.0\.1:\d+: .*Is the cluster running\?/);
+  });
+});
+
+describe('GET /v1/snapshot', () => {
+  it('holds every write applied before the request, also those LMDB has not committed yet', async () => {
+    const directory = await temporaryDirectory();
+    const store = await openLmdbStore(join(directory, 'state'));
+    cleanups.push(() => store.close());
+    let applied = 0;
+    /** Applies `count` one-key batches at once, as a busy server does, so LMDB trails them. */
+    const apply = (count: number): void => {
+      for (let i = 0; i < count; i++) {
+        applied++;
+        store.commit({ keys: new Map([[`key-${applied % 50}`, { value: new TextEncoder().encode(`v${applied}`), version: applied }]]),
+          sessions: new Map(), appliedSeq: toSeq(applied), appliedEpoch: toEpoch(1) });
+      }
+    };
+    // Each request is answered right after a burst of writes was applied (and, on a server,
+    // acknowledged): the snapshot must hold all of them.
+    const server: Server = createServer((request, response) => {
+      apply(100);
+      void handleSnapshotRequest(store, request, response);
+    });
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+    cleanups.push(() => new Promise((resolve) => server.close(() => resolve())));
+    const url = `http://127.0.0.1:${(server.address() as { port: number }).port}`;
+    for (let round = 1; round <= 5; round++) {
+      const items = await readSnapshot(url);
+      const header = items[0] as BackupItem & { kind: 'header' };
+      assert.equal(header.header.seq, round * 100, `round ${round}: the snapshot is at the last applied seq`);
+      const values = new Map(items.flatMap((item) => (item.kind === 'chunk' ? item.chunk.items : [])).map((kv) => [kv.key, kv.version]));
+      assert.equal(values.get(`key-${(round * 100) % 50}`), round * 100, `round ${round}: the last write is in the snapshot`);
+    }
   });
 });

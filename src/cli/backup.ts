@@ -11,12 +11,23 @@
 // that epoch — and renames it into place, so a restore cut short leaves no directory a server
 // would start from. A server started on it serves the backup's data; the manager of a new cluster
 // must start above the backup's epoch (see the printed instructions).
+//
+// restore --log-archive DIR --to-seq N (point-in-time): the backup (at seq S) is rolled forward by
+// the archived log entries S+1..N (log-archive.ts). The archive is planned from its file names and
+// then read and checked whole before anything is written (checksums, no gap, every copy of a seq
+// the same entry, epochs never going down from the backup's); then, after the backup is restored,
+// the entries are applied through the servers' own state machine (KvState over the LMDB store),
+// so the state is exactly a server's at N; the log starts at N + 1 and meta.json promises the
+// epoch of entry N, which the new manager must start at (or above).
 
 import { mkdir, open, readdir, rename, rm, rmdir, stat } from 'node:fs/promises';
 import { basename, dirname, join, resolve } from 'node:path';
 import process from 'node:process';
 import { crc32 } from 'node:zlib';
-import { epoch as toEpoch, seq as toSeq } from '../protocol/types.ts';
+import { assert } from '../lib/assert.ts';
+import { KvState } from '../core/kv.ts';
+import type { Epoch, LogEntry, Seq } from '../protocol/types.ts';
+import { epoch as toEpoch, seq as toSeqBrand } from '../protocol/types.ts';
 import { ConfigError, parseOptions, type OptionSpec } from '../runtime/config.ts';
 import { backupContentType, snapshotHeaders, snapshotPath } from '../runtime/snapshot-http.ts';
 import type { BackupProgress } from '../storage/backup-file.ts';
@@ -24,7 +35,9 @@ import { readBackupChunks, verifyBackupFile } from '../storage/backup-file.ts';
 import type { BackupHeader, BackupSummary } from '../storage/backup-format.ts';
 import { BackupDecoder, BackupFormatError, formatChecksum } from '../storage/backup-format.ts';
 import { writeEmptyLogStart } from '../storage/file-log.ts';
-import { writeRestoredStore } from '../storage/lmdb-store.ts';
+import { openLmdbStore, writeRestoredStore } from '../storage/lmdb-store.ts';
+import type { ArchiveFile } from '../storage/log-archive.ts';
+import { ArchiveError, listArchive, planReplay, readArchivedEntries } from '../storage/log-archive.ts';
 
 export interface CommandOutput {
   stdout: NodeJS.WritableStream;
@@ -50,11 +63,14 @@ const restoreOptions: OptionSpec[] = [
   { name: 'in', type: 'string', required: true, description: 'The backup file to restore.' },
   { name: 'data-dir', type: 'string', description: 'The new server data directory (default data/<id>); it must not exist or be empty.' },
   { name: 'id', type: 'string', description: 'The id of the server that will run on the data directory.' },
+  { name: 'log-archive', type: 'string', description: 'The servers\' --log-archive-dir (every subfolder is read): roll the backup forward from it to --to-seq.' },
+  { name: 'to-seq', type: 'integer', min: 0, max: Number.MAX_SAFE_INTEGER, description: 'The seq to restore to, at or after the backup\'s (with --log-archive).' },
+  { name: 'sessions-max', type: 'integer', default: 100_000, min: 1, max: 100_000_000, description: 'The servers\' --sessions-max, which the roll-forward must apply entries with.' },
   { name: 'json', type: 'boolean', default: false, description: 'Print the result as JSON.' },
 ];
 
 export const backupUsage = 'mainstay backup --out FILE [--endpoint URL] [--force]';
-export const restoreUsage = 'mainstay restore --in FILE (--data-dir DIR | --id ID)';
+export const restoreUsage = 'mainstay restore --in FILE (--data-dir DIR | --id ID) [--log-archive DIR --to-seq N]';
 
 // ---------------------------------------------------------------- progress
 
@@ -71,15 +87,35 @@ class ProgressBar {
   constructor(private readonly output: CommandOutput['stderr'], private readonly verb: string) {}
 
   update(progress: BackupProgress, force = false): void {
-    if (this.output.isTTY !== true) return;
-    const now = performance.now();
-    if (!force && now - this.lastDrawMs < progressEveryMs) return;
-    this.lastDrawMs = now;
+    if (!this.due(force)) return;
     const total = progress.header?.keyCount ?? 0;
     const fraction = total === 0 ? (progress.header === undefined ? 0 : 1) : Math.min(1, progress.keysRead / total);
-    const seconds = Math.max((now - this.started) / 1000, 0.001);
-    const rate = `${(progress.bytesRead / 1_048_576 / seconds).toFixed(1)} MB/s`;
-    const text = `${this.verb} ${progress.keysRead.toLocaleString('en-US')}/${total.toLocaleString('en-US')} keys  ${formatMegabytes(progress.bytesRead)}  ${rate}`;
+    const rate = `${(progress.bytesRead / 1_048_576 / this.seconds()).toFixed(1)} MB/s`;
+    this.draw(fraction, `${this.verb} ${progress.keysRead.toLocaleString('en-US')}/${total.toLocaleString('en-US')} keys  ${formatMegabytes(progress.bytesRead)}  ${rate}`);
+  }
+
+  /** Progress through log entries: `done` of `total`, the last one at seq `atSeq`. */
+  updateEntries(done: number, total: number, atSeq: number, force = false): void {
+    if (!this.due(force)) return;
+    const fraction = total === 0 ? 1 : Math.min(1, done / total);
+    const rate = `${Math.round(done / this.seconds()).toLocaleString('en-US')} entries/s`;
+    this.draw(fraction, `${this.verb} ${done.toLocaleString('en-US')}/${total.toLocaleString('en-US')} entries  seq ${atSeq}  ${rate}`);
+  }
+
+  /** Whether to redraw now: on a terminal, at most every progressEveryMs unless forced. */
+  private due(force: boolean): boolean {
+    if (this.output.isTTY !== true) return false;
+    const now = performance.now();
+    if (!force && now - this.lastDrawMs < progressEveryMs) return false;
+    this.lastDrawMs = now;
+    return true;
+  }
+
+  private seconds(): number {
+    return Math.max((performance.now() - this.started) / 1000, 0.001);
+  }
+
+  private draw(fraction: number, text: string): void {
     const width = Math.max(10, Math.min(40, (this.output.columns ?? 80) - text.length - 10));
     const filled = Math.round(fraction * width);
     this.output.write(`\r[${'#'.repeat(filled)}${'.'.repeat(width - filled)}] ${String(Math.floor(fraction * 100)).padStart(3)}%  ${text}\u001b[K`);
@@ -286,11 +322,19 @@ export async function runBackup(argv: string[], io: CommandOutput = defaultOutpu
 
 export interface RestoreResult {
   dataDir: string;
+  /** The seq and epoch the restored state is at: the backup's, or --to-seq and its entry's epoch. */
   seq: number;
   epoch: number;
+  /** Keys and client sessions in the restored state. */
   keys: number;
   sessions: number;
+  /** The backup file's checksum. */
   checksum: string;
+  /** The seq and epoch of the backup itself. */
+  backupSeq: number;
+  backupEpoch: number;
+  /** Entries applied from the log archive on top of the backup (0 without --to-seq). */
+  replayedEntries: number;
   /** The seq the restored log starts at (seq + 1). */
   logFirstSeq: number;
   /** The lowest --initial-epoch a new cluster's manager may start with. */
@@ -313,14 +357,102 @@ async function isEmptyOrMissing(directory: string): Promise<boolean> {
   }
 }
 
+/** Entries applied to the store in one batch (one LMDB transaction at most), and batches in flight. */
+const replayBatchEntriesMax = 1024;
+const replayBatchesInflightMax = 8;
+
+/** What a restore rolls forward: the archive's files holding fromSeq..toSeq. */
+interface ReplayPlan {
+  archive: string;
+  files: ArchiveFile[];
+  fromSeq: Seq;
+  toSeq: Seq;
+}
+
+/**
+ * Plans rolling the backup (at backupSeq) forward to toSeq from the archive under `archive`; throws
+ * an error for the operator if it cannot. Undefined when there is nothing to roll forward.
+ */
+async function planRollForward(archive: string, backupSeq: number, toSeq: number): Promise<ReplayPlan | undefined> {
+  if (toSeq < backupSeq) throw new ConfigError(`Cannot restore to seq ${toSeq}: the backup is at seq ${backupSeq}; restore to a seq at or after it`);
+  if (toSeq === backupSeq) return undefined;
+  let files: ArchiveFile[];
+  try {
+    files = await listArchive(archive);
+  } catch (error) {
+    throw new ConfigError(`Cannot read the log archive ${archive}: ${(error as Error).message}`);
+  }
+  const fromSeq = toSeqBrand(backupSeq + 1);
+  try {
+    return { archive, files: planReplay(files, fromSeq, toSeqBrand(toSeq)), fromSeq, toSeq: toSeqBrand(toSeq) };
+  } catch (error) {
+    if (!(error instanceof ArchiveError)) throw error;
+    throw new Error(`Cannot restore to seq ${toSeq} from the log archive ${archive}: ${error.message}`, { cause: error });
+  }
+}
+
+/** Reads every entry the plan covers, checking them, without applying anything. */
+async function checkRollForward(plan: ReplayPlan, baseEpoch: Epoch, progress: ProgressBar): Promise<void> {
+  const total = plan.toSeq - plan.fromSeq + 1;
+  let done = 0;
+  try {
+    for await (const batch of readArchivedEntries(plan.files, plan.fromSeq, plan.toSeq, { checksum: crc32, baseEpoch, batchEntriesMax: replayBatchEntriesMax })) {
+      done += batch.length;
+      progress.updateEntries(done, total, (batch.at(-1) as LogEntry).seq);
+    }
+  } catch (error) {
+    if (!(error instanceof ArchiveError)) throw error;
+    throw new Error(`Cannot restore to seq ${plan.toSeq} from the log archive ${plan.archive}: ${error.message}`, { cause: error });
+  }
+  progress.updateEntries(done, total, plan.toSeq, true);
+}
+
+/**
+ * Applies the plan's entries to the restored store at `statePath` through the servers' own state
+ * machine (KvState over the LMDB store), durably. Returns the position reached and the counts.
+ */
+async function rollForward(statePath: string, plan: ReplayPlan, baseEpoch: Epoch, sessionsMax: number, progress: ProgressBar): Promise<{ epoch: Epoch; keys: number; sessions: number }> {
+  const store = await openLmdbStore(statePath);
+  try {
+    assert(store.appliedSeq() === plan.fromSeq - 1, `the restored state is at seq ${store.appliedSeq()}, not ${plan.fromSeq - 1}`);
+    const state = new KvState(store, { sessionsMax });
+    const total = plan.toSeq - plan.fromSeq + 1;
+    let done = 0;
+    for await (const batch of readArchivedEntries(plan.files, plan.fromSeq, plan.toSeq, { checksum: crc32, baseEpoch, batchEntriesMax: replayBatchEntriesMax })) {
+      state.apply(batch);
+      done += batch.length;
+      progress.updateEntries(done, total, state.appliedSeq);
+      // LMDB commits in the background: bound what waits for it.
+      if (store.pendingBatchCount >= replayBatchesInflightMax) await store.committed();
+    }
+    progress.updateEntries(done, total, state.appliedSeq, true);
+    assert(state.appliedSeq === plan.toSeq, `the roll-forward stopped at seq ${state.appliedSeq}, not ${plan.toSeq}`);
+    await store.flushed();
+    const snapshot = store.openSnapshot();
+    try {
+      return { epoch: store.appliedEpoch(), keys: snapshot.keyCount, sessions: snapshot.sessionCount };
+    } finally {
+      snapshot.close();
+    }
+  } finally {
+    await store.close();
+  }
+}
+
 /** `mainstay restore`: returns what it restored; throws (with a message for the operator) on failure. */
 export async function runRestore(argv: string[], io: CommandOutput = defaultOutput()): Promise<RestoreResult> {
   const options = parseOptions(restoreOptions, argv, process.env);
   const input = resolve(String(options.in));
   const id = options.id === undefined ? undefined : String(options.id);
   if (options['data-dir'] === undefined && id === undefined) throw new ConfigError(`Usage: ${restoreUsage}`);
+  if ((options['log-archive'] === undefined) !== (options['to-seq'] === undefined)) {
+    throw new ConfigError(`--log-archive and --to-seq go together (usage: ${restoreUsage})`);
+  }
+  const archive = options['log-archive'] === undefined ? undefined : resolve(String(options['log-archive']));
+  const targetSeq = options['to-seq'] === undefined ? undefined : Number(options['to-seq']);
   const dataDir = resolve(options['data-dir'] === undefined ? `data/${id as string}` : String(options['data-dir']));
   if (!await exists(input)) throw new ConfigError(`Cannot read ${input}: there is no such file`);
+  if (archive !== undefined && !await exists(archive)) throw new ConfigError(`Cannot read the log archive ${archive}: there is no such folder`);
   if (!await isEmptyOrMissing(dataDir)) {
     throw new ConfigError(`Cannot restore into ${dataDir}: it is not empty. Restore into a new data directory (or empty this one first).`);
   }
@@ -336,25 +468,50 @@ export async function runRestore(argv: string[], io: CommandOutput = defaultOutp
   }
   checking.finish(summary);
   const { header } = summary;
+  const backupPosition = { seq: toSeqBrand(header.seq), epoch: toEpoch(header.epoch) };
+
+  // Then the archive, likewise: the entries to roll forward are all there, intact and agreed.
+  const plan = archive === undefined || targetSeq === undefined ? undefined : await planRollForward(archive, header.seq, targetSeq);
+  if (plan !== undefined) {
+    const checkingArchive = new ProgressBar(io.stderr, 'Checking the archive:');
+    try {
+      await checkRollForward(plan, backupPosition.epoch, checkingArchive);
+    } finally {
+      checkingArchive.finish();
+    }
+  }
 
   const staging = stagingDirectory(dataDir);
   await rm(staging, { recursive: true, force: true });
   await mkdir(staging, { recursive: true });
   const writing = new ProgressBar(io.stderr, 'Restoring:');
+  const replaying = new ProgressBar(io.stderr, 'Rolling forward:');
+  let reached: { seq: Seq; epoch: Epoch; keys: number; sessions: number };
   try {
     let fileHeader: BackupHeader | undefined;
     const chunks = readBackupChunks(input, {
       onHeader: (read) => { fileHeader = read; },
       onProgress: (progress) => writing.update(progress),
     });
-    const position = { seq: toSeq(header.seq), epoch: toEpoch(header.epoch) };
-    const counts = await writeRestoredStore(join(staging, 'state'), chunks, position);
+    const statePath = join(staging, 'state');
+    const counts = await writeRestoredStore(statePath, chunks, backupPosition);
     writing.finish(summary);
     if (fileHeader?.seq !== header.seq || counts.keys !== header.keyCount || counts.sessions !== header.sessionCount) {
       throw new Error(`${input} changed while it was being restored; restore again from a file nobody writes`);
     }
-    // The log starts right after the state; the server promises the backup's epoch.
-    await writeEmptyLogStart(staging, { firstSeq: toSeq(header.seq + 1), baseEpoch: position.epoch }, { promisedEpoch: position.epoch, incomplete: false });
+    reached = { ...backupPosition, ...counts };
+    if (plan !== undefined) {
+      try {
+        reached = { seq: plan.toSeq, ...await rollForward(statePath, plan, backupPosition.epoch, Number(options['sessions-max']), replaying) };
+      } catch (error) {
+        if (!(error instanceof ArchiveError)) throw error;
+        throw new Error(`Cannot restore to seq ${plan.toSeq} from the log archive ${plan.archive}: ${error.message}`, { cause: error });
+      } finally {
+        replaying.finish();
+      }
+    }
+    // The log starts right after the state; the server promises the epoch of its last entry.
+    await writeEmptyLogStart(staging, { firstSeq: toSeqBrand(reached.seq + 1), baseEpoch: reached.epoch }, { promisedEpoch: reached.epoch, incomplete: false });
     await mkdir(dirname(dataDir), { recursive: true });
     if (await exists(dataDir)) await rmdir(dataDir);
     await rename(staging, dataDir);
@@ -366,17 +523,22 @@ export async function runRestore(argv: string[], io: CommandOutput = defaultOutp
   }
 
   const result: RestoreResult = {
-    dataDir, seq: header.seq, epoch: header.epoch, keys: header.keyCount, sessions: header.sessionCount,
-    checksum: formatChecksum(summary.trailer.fileChecksum), logFirstSeq: header.seq + 1, managerInitialEpochMin: header.epoch,
+    dataDir, seq: reached.seq, epoch: reached.epoch, keys: reached.keys, sessions: reached.sessions,
+    checksum: formatChecksum(summary.trailer.fileChecksum), backupSeq: header.seq, backupEpoch: header.epoch,
+    replayedEntries: reached.seq - header.seq, logFirstSeq: reached.seq + 1, managerInitialEpochMin: reached.epoch,
   };
   if (options.json === true) {
     io.stdout.write(`${JSON.stringify(result)}\n`);
   } else {
     const server = id ?? '<id>';
+    const source = plan === undefined
+      ? `(${result.checksum})`
+      : `(the backup at seq ${result.backupSeq}, epoch ${result.backupEpoch}, ${result.checksum}, rolled forward by ${result.replayedEntries.toLocaleString('en-US')} entries from ${plan.archive})`;
+    const again = plan === undefined ? 'the same file' : `the same file and archive, with --to-seq ${result.seq},`;
     io.stdout.write([
-      `Restored ${result.keys.toLocaleString('en-US')} keys and ${result.sessions.toLocaleString('en-US')} sessions at seq ${result.seq}, epoch ${result.epoch} (${result.checksum}) into ${dataDir}.`,
+      `Restored ${result.keys.toLocaleString('en-US')} keys and ${result.sessions.toLocaleString('en-US')} sessions at seq ${result.seq}, epoch ${result.epoch} ${source} into ${dataDir}.`,
       'Next:',
-      `  1. Restore the same file into the data directory of every server of the new cluster (each with its own --id).`,
+      `  1. Restore ${again} into the data directory of every server of the new cluster (each with its own --id).`,
       `  2. Start each server:  mainstay server --id ${server} --data-dir ${dataDir} ...`,
       `  3. Start the new cluster's manager with a fresh --data-dir and --initial-epoch ${result.managerInitialEpochMin}, so that its first epoch is above ${result.epoch}.`,
       '',

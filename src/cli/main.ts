@@ -19,7 +19,9 @@ Processes:
 
 Data:
   backup --out FILE [--endpoint URL] [--force]    stream a consistent snapshot from a server (the main preferred)
-  restore --in FILE (--data-dir DIR | --id ID)    build a new server data directory from a backup
+  restore --in FILE (--data-dir DIR | --id ID) [--log-archive DIR --to-seq N]
+                                                  build a new server data directory from a backup,
+                                                  rolled forward to seq N from a log archive
 
 Client (options: --endpoint URL, default http://127.0.0.1:7000):
   put KEY VALUE [--if-version N | --if-absent]
@@ -101,6 +103,7 @@ async function runServer(argv: string[]): Promise<void> {
       txnBytesMax: Math.max(defaultHttpApiLimits.txnBytesMax, Number(options['value-bytes-max']) * 2),
     },
     segmentBytesMax: Number(options['segment-bytes-max']),
+    ...(options['log-archive-dir'] === undefined ? {} : { logArchiveDir: String(options['log-archive-dir']) }),
     logger: log,
   });
   stopOnSignals(log, () => server.close());

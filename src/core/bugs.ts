@@ -27,3 +27,16 @@ export type PlantedBug = (typeof plantedBugs)[number];
 export type PlantedBugs = ReadonlySet<PlantedBug>;
 
 export const noBugs: PlantedBugs = new Set();
+
+/**
+ * The bugs named in MAINSTAY_PLANTED_BUGS (comma separated), for the fault harness's processes
+ * only; an unknown name throws, so a typo cannot silently plant nothing.
+ */
+export function plantedBugsFromEnv(env: Readonly<Record<string, string | undefined>>): PlantedBugs {
+  const text = env.MAINSTAY_PLANTED_BUGS ?? '';
+  const names = text.split(',').map((name) => name.trim()).filter((name) => name !== '');
+  for (const name of names) {
+    if (!(plantedBugs as readonly string[]).includes(name)) throw new Error(`MAINSTAY_PLANTED_BUGS: unknown bug "${name}"; known: ${plantedBugs.join(', ')}`);
+  }
+  return new Set(names as PlantedBug[]);
+}

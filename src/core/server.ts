@@ -962,11 +962,15 @@ export class ServerCore {
     // (A peer that answers nothing gets nothing more once the window is full, however far the
     // log moves on: its transport would only queue or drop what is sent.)
     const inflight = (): number => peer.nextSeq - Math.max(peer.matchSeq + 1, peer.windowStart);
-    while (peer.nextSeq <= this.log.lastSeq && inflight() < limits.inflightEntriesMax) {
+    // A peer silent for a retransmit interval (down, restarting, cut off) gets one batch, a probe,
+    // not a window: its transport would only queue what it cannot take.
+    const silent = this.now - peer.lastHeardMs >= this.config.timings.retransmitMs;
+    const window = silent ? Math.min(limits.batchEntriesMax, limits.inflightEntriesMax) : limits.inflightEntriesMax;
+    while (peer.nextSeq <= this.log.lastSeq && inflight() < window) {
       const prevSeq = seq(peer.nextSeq - 1);
       const prevEpoch = this.log.epochAt(prevSeq);
       assert(prevEpoch !== undefined, 'an append follows an entry the log holds');
-      const room = limits.inflightEntriesMax - inflight();
+      const room = window - inflight();
       const last = Math.min(this.log.lastSeq, peer.nextSeq + Math.min(limits.batchEntriesMax, room) - 1);
       const entries = this.log.slice(peer.nextSeq, last);
       this.send(peer.id, {

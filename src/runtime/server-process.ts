@@ -6,18 +6,21 @@
 import { randomInt } from 'node:crypto';
 import { mkdir } from 'node:fs/promises';
 import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
-import { join } from 'node:path';
+import { join, resolve as resolvePath } from 'node:path';
 import type { Logger } from 'pino';
 import type { IncomingRequest, ServerEffect, ServerLimits, ServerTimings } from '../core/server.ts';
 import { ServerCore } from '../core/server.ts';
 import { decodeMessage, encodeMessage } from '../protocol/codec.ts';
 import type { ClusterMap, PeerMessage } from '../protocol/messages.ts';
 import type { ClientRequest, ClientResponse, Seq, ServerId } from '../protocol/types.ts';
-import { seq, serverId } from '../protocol/types.ts';
+import { serverId } from '../protocol/types.ts';
 import type { HttpApiLimits } from '../server/http-api.ts';
 import { memberAddress, parseHttpRequest, renderClientResponse, renderParseError } from '../server/http-api.ts';
+import { plantedBugsFromEnv } from '../core/bugs.ts';
+import { faultFileSystemFromEnv } from '../storage/fault-fs.ts';
 import { openFileLog } from '../storage/file-log.ts';
 import { openLmdbStore } from '../storage/lmdb-store.ts';
+import { compactLog, LogArchiver } from '../storage/log-archive.ts';
 import { TcpTransport } from '../transport/tcp.ts';
 import type { HostPort } from './config.ts';
 import { formatHostPort, listen, parseHostPort } from './config.ts';
@@ -34,6 +37,8 @@ export interface ServerProcessConfig {
   limits: ServerLimits;
   httpLimits: HttpApiLimits;
   segmentBytesMax: number;
+  /** Where compacted log segments are archived (in a subfolder named by id) before deletion; unset: nowhere. */
+  logArchiveDir?: string;
   logger: Logger;
 }
 
@@ -50,14 +55,30 @@ export async function startServerProcess(config: ServerProcessConfig): Promise<R
   const logger = config.logger;
   const id: ServerId = serverId(config.id);
   await mkdir(config.dataDir, { recursive: true });
-  const opened = await openFileLog(config.dataDir, { segmentBytesMax: config.segmentBytesMax });
+  // Test-only storage faults (fault-fs.ts), when the chaos harness sets MAINSTAY_TEST_FAULTS.
+  const faults = faultFileSystemFromEnv(process.env);
+  if (faults !== undefined) logger.warn({ powerLoss: faults.powerLoss, controlFile: faults.controlFile }, 'Test-only storage faults are on (MAINSTAY_TEST_FAULTS)');
+  const opened = await openFileLog(config.dataDir, { segmentBytesMax: config.segmentBytesMax, ...(faults === undefined ? {} : { fileSystem: faults }) });
   for (const warning of opened.warnings ?? []) logger.warn(warning);
   const { log, recovered } = opened;
   const store = await openLmdbStore(join(config.dataDir, 'state'));
+  let archiver: LogArchiver | undefined;
+  if (config.logArchiveDir !== undefined) {
+    try {
+      archiver = await LogArchiver.open(resolvePath(config.logArchiveDir), config.id);
+    } catch (error) {
+      await log.close();
+      await store.close();
+      throw new Error(`Cannot use the log archive folder ${config.logArchiveDir}: ${(error as Error).message}`, { cause: error });
+    }
+    logger.info({ archive: archiver.directory }, 'Archiving compacted log segments');
+  }
   if (recovered.tornTailCut) logger.warn('The log ended in a torn record (a write cut by a crash); it was cut');
   if (recovered.corruptionFound) logger.error('The log failed its checksum below its last record: this server is incomplete until repaired from the main');
   const bootId = randomInt(1, 2 ** 47);
-  const core = new ServerCore({ id, timings: config.timings, limits: config.limits }, {
+  const bugs = plantedBugsFromEnv(process.env);
+  if (bugs.size > 0) logger.warn({ bugs: [...bugs] }, 'Planted protocol bugs are on (MAINSTAY_PLANTED_BUGS): this server is unsafe by design');
+  const core = new ServerCore({ id, timings: config.timings, limits: config.limits, bugs }, {
     meta: recovered.meta, entries: recovered.entries, firstSeq: recovered.firstSeq, baseEpoch: recovered.baseEpoch,
     corruptionFound: recovered.corruptionFound, bootId, store,
   });
@@ -82,17 +103,30 @@ export async function startServerProcess(config: ServerProcessConfig): Promise<R
   };
 
   // Compaction: once the state store is durable up to throughSeq (it is at least there when the
-  // core compacts), the log's segments wholly below throughSeq + 1 may go. One at a time.
+  // core compacts), the log's segments wholly below throughSeq + 1 may go; with an archive, only
+  // those archived first, durably (compactLog). One at a time.
   let compacting: Promise<void> = Promise.resolve();
   const compact = (throughSeq: Seq): void => {
     compacting = compacting
       .then(() => store.flushed())
-      .then(() => log.removeSegmentsBefore(seq(throughSeq + 1)))
-      .then((removed) => {
-        if (removed > 0) logger.debug({ throughSeq, removed, firstSeq: log.firstSeq }, 'Compacted the log');
-      })
-      .catch((error: unknown) => {
-        if (!stopping) logger.warn({ err: error }, 'Log compaction failed; the log keeps its old segments');
+      .then(async () => {
+        let result;
+        try {
+          result = await compactLog(log, archiver, throughSeq);
+        } catch (error) {
+          if (stopping) return;
+          if (archiver !== undefined && log.failed === undefined) {
+            logger.error({ err: error, archive: archiver.directory }, 'Cannot archive the log segments a compaction would delete; the log keeps them and the next compaction tries again');
+          } else {
+            logger.warn({ err: error }, 'Log compaction failed; the log keeps its old segments');
+          }
+          return;
+        }
+        const { removed, archive } = result;
+        if (archive !== undefined && archive.vanished.length > 0) {
+          logger.warn({ segments: archive.vanished.map((segment) => segment.name) }, 'Log segments were deleted before they could be archived: the log was reset to a snapshot (their entries are in the archive of the server that compacted them, if it archives)');
+        }
+        if (removed > 0) logger.debug({ throughSeq, removed, archived: archive?.archived.length, firstSeq: log.firstSeq }, 'Compacted the log');
       });
   };
 
@@ -132,6 +166,10 @@ export async function startServerProcess(config: ServerProcessConfig): Promise<R
     // is durable (retrying an fsync after a failure cannot be trusted).
     logger.fatal({ err: error }, 'The disk failed; stopping without acknowledging anything more');
     process.exit(1);
+  };
+  // A peer's connection closed: maybe its process is gone (see ServerCore.onPeerLost).
+  transport.onPeerLost = (from: string): void => {
+    if (from !== MANAGER) run(core.onPeerLost(now(), serverId(from)));
   };
   transport.onMessage = (from: string, payload: Uint8Array): void => {
     let message;

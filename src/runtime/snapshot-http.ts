@@ -1,7 +1,10 @@
 // `GET /v1/snapshot`: streams a consistent snapshot of this server's key-value state in the backup
 // format (src/storage/backup-format.ts), for `mainstay backup`. The snapshot is one LMDB read
-// transaction (LmdbKvStore.openSnapshot), so the server goes on taking writes while it streams; the
-// response headers say which seq and epoch it is at. It sends a chunk only when the client has
+// transaction (LmdbKvStore.openSnapshotOfApplied), so the server goes on taking writes while it
+// streams; it is opened once every batch applied when the request arrived has reached LMDB, so a
+// backup holds every write this server acknowledged before it was asked (LMDB's last transaction
+// alone can trail the applied state by the batches still in the store's overlay). The response
+// headers say which seq and epoch it is at. It sends a chunk only when the client has
 // taken the one before (backpressure) and yields to the event loop between chunks, so a large
 // snapshot neither fills memory nor starves the server's protocol work. A response cut short by
 // an error or a disconnect lacks the trailer, which every reader refuses as truncated.
@@ -60,19 +63,22 @@ export async function handleSnapshotRequest(store: LmdbKvStore, request: Incomin
   }
   // The request has no body; drain whatever came so the connection can be reused.
   request.resume();
-  let snapshot: KvSnapshot;
-  try {
-    snapshot = store.openSnapshot();
-  } catch (error) {
-    sendError(response, 503, 'UNAVAILABLE', `Cannot take a snapshot now: ${(error as Error).message}`);
-    return;
-  }
+  // Listening from the start: the client may go away while the snapshot waits for LMDB.
   let closed = false;
   const onClose = (): void => {
     closed = true;
   };
   response.on('close', onClose);
+  let snapshot: KvSnapshot;
   try {
+    snapshot = await store.openSnapshotOfApplied();
+  } catch (error) {
+    response.off('close', onClose);
+    if (!closed) sendError(response, 503, 'UNAVAILABLE', `Cannot take a snapshot now: ${(error as Error).message}`);
+    return;
+  }
+  try {
+    if (closed) return;
     const encoder = new BackupEncoder({
       seq: snapshot.seq, epoch: snapshot.epoch, createdAtMs: Math.floor((options.nowMs ?? Date.now)()),
       keyCount: snapshot.keyCount, sessionCount: snapshot.sessionCount,

@@ -608,6 +608,28 @@ describe('LmdbKvStore: snapshots', () => {
     assert.throws(() => snapshot.chunks(10).next(), /The snapshot is closed/);
   }));
 
+  it('openSnapshotOfApplied holds every batch committed before the call, overlay included', () => withDirectory(async (dir) => {
+    const store = await openLmdbStore(dir);
+    store.commit({ keys: new Map([['a', stored('1', 1)]]), sessions: new Map(), appliedSeq: seq(1), appliedEpoch: epoch(1) });
+    await store.flushed();
+    // Many batches at once, as a busy server applies them: LMDB trails them when the call is made.
+    for (let at = 2; at <= 200; at++) {
+      store.commit({ keys: new Map([[`k${at % 17}`, stored(String(at), at)]]), sessions: new Map(), appliedSeq: seq(at), appliedEpoch: epoch(2) });
+    }
+    assert.ok(store.pendingBatchCount > 0, 'some batches are still in the overlay');
+    const trailing = store.openSnapshot();
+    assert.ok(trailing.seq < 200, `LMDB's last transaction trails the applied state (seq ${trailing.seq}): without the wait a backup would miss writes`);
+    trailing.close();
+    const snapshot = await store.openSnapshotOfApplied();
+    assert.equal(snapshot.seq, 200);
+    assert.equal(snapshot.epoch, 2);
+    const expected = new Map<string, StoredValue>([['a', stored('1', 1)]]);
+    for (let at = 2; at <= 200; at++) expected.set(`k${at % 17}`, stored(String(at), at));
+    assert.deepEqual(readSnapshot(snapshot, 1000).keys, sortedModel(expected));
+    snapshot.close();
+    await store.close();
+  }));
+
   it('installSnapshot and writeRestoredStore recreate the state exactly, durably', () => withDirectory(async (dir) => {
     const source = await openLmdbStore(join(dir, 'source'));
     const model = new Map<string, StoredValue>();

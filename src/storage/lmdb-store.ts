@@ -27,8 +27,11 @@
 //
 // Snapshots: `openSnapshot` reads the state as LMDB's last committed transaction holds it, in one
 // read transaction, so keys, sessions, appliedSeq and appliedEpoch agree; batches still in the
-// overlay are not part of it (the snapshot's seq is the appliedSeq it shows). A snapshot held open
-// for long keeps LMDB from reusing the pages freed meanwhile, so the file grows while it is open.
+// overlay are not part of it (the snapshot's seq is the appliedSeq it shows). `openSnapshotOfApplied`
+// first waits for the batches committed so far to reach LMDB, so its snapshot holds everything
+// applied when it was called (what a backup promises: every write acknowledged before it started).
+// A snapshot held open for long keeps LMDB from reusing the pages freed meanwhile, so the file
+// grows while it is open.
 // `installSnapshot` replaces the whole state by a snapshot's, a chunk per transaction: the first
 // clears everything and marks the store `installing` durably, the last sets appliedSeq and removes
 // the mark, so a crash in between is noticed at the next open, which empties the store (appliedSeq
@@ -362,8 +365,11 @@ export class LmdbKvStore implements KvStore {
     });
   }
 
-  /** Resolves once every batch queued so far has committed (not necessarily synced); rejects on failure. */
-  private async committed(): Promise<void> {
+  /**
+   * Resolves once every batch committed to the store so far has committed in LMDB (visible to a
+   * new read transaction, not necessarily synced); rejects if LMDB failed to write.
+   */
+  async committed(): Promise<void> {
     await this.lastWrite;
     if (this.failure !== null) throw this.failure;
   }
@@ -395,6 +401,16 @@ export class LmdbKvStore implements KvStore {
       transaction.done();
       throw error;
     }
+  }
+
+  /**
+   * A snapshot (see openSnapshot) that holds every batch committed to the store before the call:
+   * it waits until they have reached LMDB, so its seq is at least the appliedSeq at the call. The
+   * overlay alone cannot serve a snapshot (it holds only the latest changes), hence the wait.
+   */
+  async openSnapshotOfApplied(): Promise<KvSnapshot> {
+    await this.committed();
+    return this.openSnapshot();
   }
 
   /**
