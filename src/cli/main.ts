@@ -96,6 +96,7 @@ async function runServer(argv: string[]): Promise<void> {
       sessionsMax: Number(options['sessions-max']),
       logRetentionEntries: Number(options['log-retention-entries']),
       snapshotChunkItemsMax: Number(options['snapshot-chunk-items']),
+      snapshotChunksInflightMax: Number(options['snapshot-chunks-inflight']),
     },
     httpLimits: {
       ...defaultHttpApiLimits, keyBytesMax: Number(options['key-bytes-max']), valueBytesMax: Number(options['value-bytes-max']),

@@ -47,6 +47,8 @@ export interface ServerLimits {
   logRetentionEntries: number;
   /** Keys (or sessions) per snapshot chunk, where the store does not choose its own chunk size. */
   snapshotChunkItemsMax: number;
+  /** Snapshot chunks sent to one standby and not yet acknowledged. */
+  snapshotChunksInflightMax: number;
 }
 
 export interface ServerConfig {
@@ -54,6 +56,8 @@ export interface ServerConfig {
   timings: ServerTimings;
   limits: ServerLimits;
   bugs?: PlantedBugs;
+  /** CRC-32 (IEEE) for snapshot chunks; the pure one by default, zlib's in the server process. */
+  checksum?: (bytes: Uint8Array) => number;
 }
 
 export const defaultServerTimings: ServerTimings = {
@@ -71,6 +75,7 @@ export const defaultServerLimits: ServerLimits = {
   sessionsMax: 100_000,
   logRetentionEntries: 100_000,
   snapshotChunkItemsMax: 4096,
+  snapshotChunksInflightMax: 4,
 };
 
 /** What the shell recovered from disk at start. */
@@ -165,8 +170,13 @@ interface Peer {
 interface OutgoingSnapshot {
   id: number;
   reader: KvSnapshotReader;
-  /** The chunk in flight (resent until acknowledged). */
-  chunk: SnapshotChunkMessage;
+  /** Chunks sent and not yet acknowledged, in index order (resent until acknowledged). */
+  unacked: SnapshotChunkMessage[];
+  /** The next chunk's data, read ahead to know whether the one before it is the last. */
+  upcoming: SnapshotChunk | undefined;
+  nextIndex: number;
+  /** The last chunk has been built. */
+  built: boolean;
   sentMs: number;
 }
 
@@ -182,6 +192,7 @@ export class ServerCore {
   readonly id: ServerId;
   private readonly config: ServerConfig;
   private readonly bugs: PlantedBugs;
+  private readonly checksum: (bytes: Uint8Array) => number;
   private readonly kv: KvState;
   private readonly log: LogView;
   private readonly bootId: number;
@@ -218,8 +229,6 @@ export class ServerCore {
   /** A snapshot being installed (the state is partial until the last chunk). */
   private installing: { id: number; main: ServerId; epoch: Epoch; next: number } | undefined;
   private snapshotsStarted = 0;
-  /** Each outgoing snapshot's next chunk, read ahead to know whether the one in flight is the last. */
-  private readonly upcomingChunk = new WeakMap<KvSnapshotReader, SnapshotChunk | undefined>();
   private refusedMainEpoch: Epoch | undefined;
   /** K as the main of promisedEpoch stated it, until a map arrives. */
   private ackQuorumFromMain: number | undefined;
@@ -253,6 +262,7 @@ export class ServerCore {
     this.id = config.id;
     this.config = config;
     this.bugs = config.bugs ?? noBugs;
+    this.checksum = config.checksum ?? crc32;
     this.bootId = recovered.bootId;
     this.log = new LogView(recovered.entries, recovered.firstSeq ?? seq(1), recovered.baseEpoch ?? epoch(0));
     this.kv = new KvState(recovered.store, { sessionsMax: config.limits.sessionsMax });
@@ -1118,9 +1128,9 @@ export class ServerCore {
       });
       const snapshot = peer.snapshot;
       if (snapshot !== undefined && this.now - snapshot.sentMs >= this.config.timings.retransmitMs) {
-        // Lost or unanswered: send the same chunk again (the standby resumes where it was).
+        // Lost or unanswered: send the unacknowledged chunks again (the standby resumes where it was).
         snapshot.sentMs = this.now;
-        this.send(peer.id, snapshot.chunk);
+        for (const chunk of snapshot.unacked) this.send(peer.id, chunk);
       }
       this.sendEntries(peer);
     }
@@ -1147,21 +1157,37 @@ export class ServerCore {
       return;
     }
     this.snapshotsStarted++;
-    const first = reader.next(this.config.limits.snapshotChunkItemsMax) ?? { items: [], sessions: [] };
-    const outgoing: OutgoingSnapshot = { id: this.snapshotsStarted, reader, chunk: this.snapshotChunk(reader, this.snapshotsStarted, 0, first), sentMs: this.now };
+    const outgoing: OutgoingSnapshot = {
+      id: this.snapshotsStarted, reader, unacked: [], nextIndex: 0, built: false, sentMs: this.now,
+      upcoming: reader.next(this.config.limits.snapshotChunkItemsMax) ?? { items: [], sessions: [] },
+    };
     peer.snapshot = outgoing;
     this.event('info', 'snapshotSent', `Sending ${peer.id} a snapshot of the state at seq ${reader.seq}: it needs entries compacted from the log`);
-    this.send(peer.id, outgoing.chunk);
+    this.sendSnapshotChunks(peer, outgoing);
   }
 
-  private snapshotChunk(reader: KvSnapshotReader, id: number, index: number, data: SnapshotChunk): SnapshotChunkMessage {
-    const upcoming = reader.next(this.config.limits.snapshotChunkItemsMax);
-    this.upcomingChunk.set(reader, upcoming);
-    return {
-      type: 'snapshotChunk', epoch: this.promisedEpoch, snapshotId: id, seq: reader.seq, snapshotEpoch: reader.epoch,
-      index, last: upcoming === undefined, items: data.items, sessions: data.sessions,
-      checksum: crc32(encodeSnapshotPayload(data.items, data.sessions)),
-    };
+  /** Build and send chunks until the window is full or the last one is out. */
+  private sendSnapshotChunks(peer: Peer, snapshot: OutgoingSnapshot): void {
+    const limits = this.config.limits;
+    while (!snapshot.built && snapshot.unacked.length < limits.snapshotChunksInflightMax) {
+      const data = snapshot.upcoming as SnapshotChunk;
+      snapshot.upcoming = snapshot.reader.next(limits.snapshotChunkItemsMax);
+      const chunk: SnapshotChunkMessage = {
+        type: 'snapshotChunk', epoch: this.promisedEpoch, snapshotId: snapshot.id, seq: snapshot.reader.seq, snapshotEpoch: snapshot.reader.epoch,
+        index: snapshot.nextIndex, last: snapshot.upcoming === undefined, items: data.items, sessions: data.sessions,
+        checksum: this.checksum(encodeSnapshotPayload(data.items, data.sessions)),
+      };
+      snapshot.nextIndex++;
+      snapshot.built = chunk.last;
+      snapshot.unacked.push(chunk);
+      snapshot.sentMs = this.now;
+      this.send(peer.id, chunk);
+    }
+  }
+
+  private endSnapshot(peer: Peer, snapshot: OutgoingSnapshot): void {
+    snapshot.reader.close();
+    peer.snapshot = undefined;
   }
 
   private onSnapshotAck(from: ServerId, ack: SnapshotAck): void {
@@ -1173,36 +1199,34 @@ export class ServerCore {
     const snapshot = peer?.snapshot;
     if (this.role !== 'main' || peer === undefined || snapshot === undefined || ack.epoch !== this.promisedEpoch || ack.snapshotId !== snapshot.id) return;
     peer.lastHeardMs = this.now;
+    const snapshotSeq = snapshot.reader.seq;
     if (ack.index === -1) {
       // The standby lost the install (it restarted): start a fresh snapshot.
-      snapshot.reader.close();
-      peer.snapshot = undefined;
+      this.endSnapshot(peer, snapshot);
       this.sendEntries(peer);
       return;
     }
     if (ack.index === -2) {
       // The decision rested on an old answer: the standby holds the snapshot's entry already.
-      snapshot.reader.close();
-      peer.snapshot = undefined;
+      this.endSnapshot(peer, snapshot);
       peer.needsSnapshot = false;
-      this.restartSending(peer, snapshot.chunk.seq + 1);
+      this.restartSending(peer, snapshotSeq + 1);
       this.sendEntries(peer);
       return;
     }
-    if (ack.index !== snapshot.chunk.index) return;
-    if (snapshot.chunk.last) {
-      snapshot.reader.close();
-      peer.snapshot = undefined;
+    // Acknowledgements are cumulative: every chunk up to ack.index is installed.
+    let lastAcked: SnapshotChunkMessage | undefined;
+    while (snapshot.unacked.length > 0 && (snapshot.unacked[0] as SnapshotChunkMessage).index <= ack.index) lastAcked = snapshot.unacked.shift();
+    if (lastAcked === undefined) return;
+    peer.lastProgressMs = this.now;
+    if (lastAcked.last) {
+      this.endSnapshot(peer, snapshot);
       peer.needsSnapshot = false;
-      this.restartSending(peer, snapshot.chunk.seq + 1);
-      peer.lastProgressMs = this.now;
+      this.restartSending(peer, snapshotSeq + 1);
       this.sendEntries(peer);
       return;
     }
-    const data = this.upcomingChunk.get(snapshot.reader) as SnapshotChunk;
-    snapshot.chunk = this.snapshotChunk(snapshot.reader, snapshot.id, ack.index + 1, data);
-    snapshot.sentMs = this.now;
-    this.send(peer.id, snapshot.chunk);
+    this.sendSnapshotChunks(peer, snapshot);
   }
 
   private onSnapshotChunk(from: ServerId, message: SnapshotChunkMessage): void {
@@ -1214,7 +1238,7 @@ export class ServerCore {
     if (this.role === 'main') return;
     this.mainId = from;
     const ack = (index: number): void => this.send(from, { type: 'snapshotAck', epoch: this.promisedEpoch, snapshotId: message.snapshotId, index });
-    if (crc32(encodeSnapshotPayload(message.items, message.sessions)) !== message.checksum) {
+    if (this.checksum(encodeSnapshotPayload(message.items, message.sessions)) !== message.checksum) {
       this.event('warn', 'staleMessage', `Snapshot chunk ${message.index} from ${from} failed its checksum; waiting for it again`);
       return;
     }
@@ -1234,12 +1258,10 @@ export class ServerCore {
       installing = { id: message.snapshotId, main: from, epoch: message.epoch, next: 0 };
       this.installing = installing;
     }
-    if (message.index < installing.next) {
-      ack(message.index);
-      return;
-    }
-    if (message.index > installing.next) {
-      ack(-1);
+    // Chunks come in order unless the network reorders or loses them: a duplicate is answered
+    // with what is installed; one that skips ahead waits for the main to resend the gap.
+    if (message.index !== installing.next) {
+      if (installing.next > 0) ack(installing.next - 1);
       return;
     }
     this.kv.installChunk({ items: message.items, sessions: message.sessions });

@@ -57,6 +57,7 @@ export const serverOptions: OptionSpec[] = [
   { name: 'sessions-max', type: 'integer', default: 100_000, min: 1, max: 100_000_000, description: 'Most client sessions remembered for exactly-once retries.' },
   { name: 'log-retention-entries', type: 'integer', default: 100_000, min: 1, max: 1_000_000_000, description: 'Entries kept in the log below the last one for lagging standbys; older ones are compacted (removed a segment at a time) once the state holds them. A standby further behind receives a snapshot.' },
   { name: 'snapshot-chunk-items', type: 'integer', default: 4096, min: 1, max: 1_000_000, description: 'Keys per chunk of a snapshot sent to a standby.' },
+  { name: 'snapshot-chunks-inflight', type: 'integer', default: 4, min: 1, max: 1024, description: 'Snapshot chunks sent to a standby ahead of its acknowledgement.' },
   { name: 'segment-bytes-max', type: 'integer', default: 64 * 1_048_576, min: 4096, max: 4 * 1024 * 1_048_576, description: 'Size at which a log segment file is closed and a new one started.' },
   { name: 'log-archive-dir', type: 'string', description: 'Folder where log segments are archived before compaction deletes them, in a subfolder named by --id (a hard link on the same file system, else a copy; durable before the deletion). With a backup, it lets mainstay restore --to-seq N roll forward to any later seq. Unset: nothing is archived.' },
 ];

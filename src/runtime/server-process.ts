@@ -4,6 +4,7 @@
 // reach the core as one batch, so one disk write and one message per standby cover them all.
 
 import { randomInt } from 'node:crypto';
+import { crc32 as zlibCrc32 } from 'node:zlib';
 import { mkdir } from 'node:fs/promises';
 import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
 import { join, resolve as resolvePath } from 'node:path';
@@ -78,7 +79,7 @@ export async function startServerProcess(config: ServerProcessConfig): Promise<R
   const bootId = randomInt(1, 2 ** 47);
   const bugs = plantedBugsFromEnv(process.env);
   if (bugs.size > 0) logger.warn({ bugs: [...bugs] }, 'Planted protocol bugs are on (MAINSTAY_PLANTED_BUGS): this server is unsafe by design');
-  const core = new ServerCore({ id, timings: config.timings, limits: config.limits, bugs }, {
+  const core = new ServerCore({ id, timings: config.timings, limits: config.limits, bugs, checksum: (bytes) => zlibCrc32(bytes) }, {
     meta: recovered.meta, entries: recovered.entries, firstSeq: recovered.firstSeq, baseEpoch: recovered.baseEpoch,
     corruptionFound: recovered.corruptionFound, bootId, store,
   });

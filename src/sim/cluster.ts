@@ -157,6 +157,7 @@ interface FaultProfile {
   killNewMainChance: number;
   logRetentionEntries: number;
   snapshotChunkItemsMax: number;
+  snapshotChunksInflightMax: number;
 }
 
 type NemesisKind = 'addServer' | 'removeServer' | 'setAckQuorum' | 'switchover' | 'crash' | 'pause' | 'crashManager' | 'pauseManager' | 'isolate' | 'isolateMain' | 'mainFromManager' | 'split' | 'oneWay' | 'clog';
@@ -288,6 +289,7 @@ class Simulation {
       killNewMainChance: random.pick([0, 0, 0.3, 0.7]),
       logRetentionEntries: random.pick([2, 8, 32, 1000]),
       snapshotChunkItemsMax: random.pick([1, 2, 16]),
+      snapshotChunksInflightMax: random.pick([1, 2, 4]),
     };
     this.profile.batchEntriesMax = random.pick([1, 2, 8, 64]);
     this.profile.inflightEntriesMax = this.profile.batchEntriesMax * random.pick([1, 4, 16]);
@@ -444,6 +446,7 @@ class Simulation {
       { id: node.id, timings: defaultServerTimings, limits: {
         ...defaultServerLimits, batchEntriesMax: this.profile.batchEntriesMax, inflightEntriesMax: this.profile.inflightEntriesMax,
         logRetentionEntries: this.profile.logRetentionEntries, snapshotChunkItemsMax: this.profile.snapshotChunkItemsMax,
+        snapshotChunksInflightMax: this.profile.snapshotChunksInflightMax,
       }, bugs: this.bugs },
       { meta: recovery.meta, entries: recovery.entries, firstSeq: recovery.firstSeq, baseEpoch: recovery.baseEpoch, corruptionFound: recovery.corruptionFound, bootId: this.random.uint32() + 1, store: node.disk.store },
     );
