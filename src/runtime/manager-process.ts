@@ -9,6 +9,7 @@ import { join } from 'node:path';
 import type { Logger } from 'pino';
 import type { ManagerEffect, ManagerState, NewServer } from '../core/manager.ts';
 import { defaultManagerTimings, initialManagerState, ManagerCore } from '../core/manager.ts';
+import { Dashboard } from '../dashboard/server.ts';
 import { decodeMessage, encodeMessage } from '../protocol/codec.ts';
 import type { Member, ServerToManager } from '../protocol/messages.ts';
 import { serverId } from '../protocol/types.ts';
@@ -67,6 +68,8 @@ export async function startManagerProcess(config: ManagerProcessConfig): Promise
 
   const timings = { ...defaultManagerTimings, heartbeatMs: config.heartbeatMs, failoverAfterMs: config.failoverAfterMs, statusFreshMs: config.failoverAfterMs };
   const core = new ManagerCore({ timings }, state, now());
+  // The web dashboard (GET /, /dashboard/*, /v1/events): it samples the cluster view and hears the core's events.
+  const dashboard = new Dashboard({ view: () => clusterView(core), logger });
   const peerMap = (members: readonly Member[]): Map<string, HostPort> =>
     new Map(members.map((member) => [member.id as string, parseHostPort(member.peerAddress, `the peer address of ${member.id}`)]));
   const transport = new TcpTransport({ selfId: 'manager', listen: config.listenPeer, peers: peerMap(state.members), logger });
@@ -111,6 +114,7 @@ export async function startManagerProcess(config: ManagerProcessConfig): Promise
         }
         case 'event':
           logger[effect.level]({ event: effect.event }, effect.message);
+          dashboard.onEvent(effect.level, effect.message, effect.event);
           break;
       }
     }
@@ -137,6 +141,7 @@ export async function startManagerProcess(config: ManagerProcessConfig): Promise
   const ticker = setInterval(() => run(core.tick(now())), Math.max(5, Math.floor(config.heartbeatMs / 2)));
 
   const http = createServer((request, response) => {
+    if (dashboard.serve(request, response)) return;
     handleHttp(core, request, response, run, () => persistChain).catch((error: unknown) => {
       logger.error({ err: error }, 'HTTP handler failed');
       if (!response.headersSent) response.writeHead(500, { 'content-type': 'application/json' });
@@ -154,6 +159,7 @@ export async function startManagerProcess(config: ManagerProcessConfig): Promise
     async close(): Promise<void> {
       stopped = true;
       clearInterval(ticker);
+      dashboard.close();
       const closed = new Promise<void>((resolve) => http.close(() => resolve()));
       http.closeAllConnections();
       await closed;
