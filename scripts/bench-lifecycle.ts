@@ -32,6 +32,7 @@ const { values } = parseArgs({ options: {
   'segment-bytes': { type: 'string', default: String(64 * 1024 * 1024) },
   'seconds-max': { type: 'string', default: '3600' },
   'disk-probe-mb': { type: 'string', default: '512' },
+  'catch-up-seconds-max': { type: 'string', default: '600' },
   keep: { type: 'boolean', default: false },
 } });
 const writes = Number(values.writes);
@@ -43,6 +44,7 @@ const retention = Number(values.retention);
 const segmentBytes = Number(values['segment-bytes']);
 const secondsMax = Number(values['seconds-max']);
 const diskProbeMb = Number(values['disk-probe-mb']);
+const catchUpSecondsMax = Number(values['catch-up-seconds-max']);
 for (const [name, value] of Object.entries({ writes, keys, putsPerTxn, clients, valueBytes, retention, segmentBytes, secondsMax, diskProbeMb })) {
   if (!Number.isSafeInteger(value) || value < 1) throw new Error(`--${name} must be a positive whole number, not ${value}`);
 }
@@ -178,7 +180,7 @@ async function main(): Promise<void> {
     });
     if (added.status !== 202) throw new Error(`adding s4 failed: ${added.status} ${added.text}`);
     let lastReport = performance.now();
-    await waitFor('s4 to catch up and become a standby', Math.max(1000, deadline - performance.now()), async () => {
+    await waitFor('s4 to catch up and become a standby', Math.max(1000, Math.min(catchUpSecondsMax * 1000, deadline - performance.now())), async () => {
       const view = await status(s4);
       if (performance.now() - lastReport > 5000) {
         lastReport = performance.now();
@@ -193,6 +195,10 @@ async function main(): Promise<void> {
     const installed = /Installed a snapshot of the state at seq (\d+)/.exec(cluster.logs(s4));
     console.log(`new server s4: standby with appliedSeq >= ${target} after ${catchUpSeconds.toFixed(1)} s; ${installed === null ? 'no snapshot' : `snapshot at seq ${installed[1]}`}; ${mb(s4Bytes)} MiB on its disk`);
     console.log(`catch-up rate ${(s4Bytes / 1_048_576 / catchUpSeconds).toFixed(1)} MB/s, next to the disk's sequential write rate of ${diskRate.toFixed(0)} MB/s measured in this run`);
+  } catch (error) {
+    console.error(`manager's failovers:\n${cluster.logs(cluster.manager).trim().split('\n').filter((line) => line.includes('Failover')).slice(-6).join('\n')}`);
+    for (const server of cluster.servers) console.error(`${server.id}'s last log lines:\n${cluster.logs(server).trim().split('\n').slice(-8).join('\n')}`);
+    throw error;
   } finally {
     if (values.keep) console.log(`kept: ${cluster.dataDir}`);
     else await cluster.close();

@@ -1,5 +1,5 @@
 // The `mainstay` command: runs a manager or a server process, a whole local cluster (`dev`), and
-// the client commands (put, get, del, list, txn, status, switchover). Errors are printed in one
+// the client commands (put, get, del, list, txn, watch, status, switchover). Errors are printed in one
 // line with what to do, and set a non-zero exit code.
 
 import process from 'node:process';
@@ -29,6 +29,9 @@ Client (options: --endpoint URL, default http://127.0.0.1:7000):
   del KEY [--if-version N]
   list [PREFIX] [--limit N]
   txn JSON            atomic compares and operations (see the README)
+  watch [PREFIX] [--from-seq N]
+                      one JSON line per committed change, in seq order, resuming on
+                      another server if one fails; Ctrl-C stops
   status              every server: role, epoch, lastSeq, commitSeq, lag, health
   switchover [--to ID]
 
@@ -91,6 +94,7 @@ async function runServer(argv: string[]): Promise<void> {
     limits: {
       ...defaultServerLimits,
       batchEntriesMax: Number(options['batch-entries-max']),
+      batchBytesMax: Number(options['batch-bytes-max']),
       inflightEntriesMax: Math.max(Number(options['inflight-entries-max']), Number(options['batch-entries-max'])),
       pendingRequestsMax: Number(options['pending-requests-max']),
       sessionsMax: Number(options['sessions-max']),

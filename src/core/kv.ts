@@ -45,6 +45,8 @@ export interface KvStore {
    * a main streams to a standby that needs entries its log no longer has.
    */
   snapshotReader(): KvSnapshotReader;
+  /** At most the appliedSeq a snapshotReader opened now would show (it may trail appliedSeq). */
+  snapshotSeq(): Seq;
 }
 
 export interface SnapshotChunk {
@@ -133,6 +135,11 @@ export class KvState {
 
   snapshotReader(): KvSnapshotReader {
     return this.store.snapshotReader();
+  }
+
+  /** What a snapshot opened now would show (see KvStore.snapshotSeq). */
+  get snapshotSeq(): Seq {
+    return this.store.snapshotSeq();
   }
 
   /** The recorded result if this exact request was already applied. */
@@ -332,6 +339,10 @@ export class MemoryKvStore implements KvStore {
     this.sessionRecords.clear();
     this.applied = seq(0);
     this.appliedAtEpoch = epoch(0);
+  }
+
+  snapshotSeq(): Seq {
+    return this.applied;
   }
 
   snapshotReader(): KvSnapshotReader {

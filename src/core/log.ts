@@ -114,3 +114,18 @@ export class LogView {
     return this.epochAt(end) ?? this.baseEpoch;
   }
 }
+
+/** Roughly the bytes an entry takes on the wire (keys counted as UTF-16 units): to size batches. */
+export function approximateEntryBytes(entry: LogEntry): number {
+  const write = entry.write;
+  let bytes = 32 + (entry.session === undefined ? 0 : 16 + entry.session.clientId.length);
+  switch (write.type) {
+    case 'put': return bytes + write.key.length + write.value.length;
+    case 'delete': return bytes + write.key.length;
+    case 'txn':
+      for (const compare of write.compares) bytes += 12 + compare.key.length;
+      for (const operation of [...write.success, ...write.failure]) bytes += 8 + operation.key.length + (operation.type === 'put' ? operation.value.length : 0);
+      return bytes;
+    default: return bytes;
+  }
+}

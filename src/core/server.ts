@@ -19,7 +19,7 @@ import type { PlantedBugs } from './bugs.ts';
 import { noBugs } from './bugs.ts';
 import type { KvSnapshotReader, KvStore, SnapshotChunk } from './kv.ts';
 import { KvState } from './kv.ts';
-import { LogView } from './log.ts';
+import { approximateEntryBytes, LogView } from './log.ts';
 
 export interface ServerTimings {
   /** How often a server reports status, pings peers, and a main sends heartbeats. */
@@ -49,6 +49,8 @@ export interface ServerLimits {
   snapshotChunkItemsMax: number;
   /** Snapshot chunks sent to one standby and not yet acknowledged. */
   snapshotChunksInflightMax: number;
+  /** Most bytes (roughly) of entries in one replication message; a larger entry goes alone. */
+  batchBytesMax: number;
 }
 
 export interface ServerConfig {
@@ -76,6 +78,7 @@ export const defaultServerLimits: ServerLimits = {
   logRetentionEntries: 100_000,
   snapshotChunkItemsMax: 4096,
   snapshotChunksInflightMax: 4,
+  batchBytesMax: 1024 * 1024,
 };
 
 /** What the shell recovered from disk at start. */
@@ -981,7 +984,16 @@ export class ServerCore {
       const prevEpoch = this.log.epochAt(prevSeq);
       assert(prevEpoch !== undefined, 'an append follows an entry the log holds');
       const room = window - inflight();
-      const last = Math.min(this.log.lastSeq, peer.nextSeq + Math.min(limits.batchEntriesMax, room) - 1);
+      let last = Math.min(this.log.lastSeq, peer.nextSeq + Math.min(limits.batchEntriesMax, room) - 1);
+      // Bounded in bytes too: large entries (big values, big transactions) go fewer at a time.
+      let bytes = 0;
+      for (let at = peer.nextSeq; at <= last; at++) {
+        bytes += approximateEntryBytes(this.log.entry(at) as LogEntry);
+        if (bytes > limits.batchBytesMax && at > peer.nextSeq) {
+          last = at - 1;
+          break;
+        }
+      }
       const entries = this.log.slice(peer.nextSeq, last);
       this.send(peer.id, {
         type: 'append', epoch: this.promisedEpoch, generation: peer.generation, prevSeq, prevEpoch, entries,
@@ -1142,7 +1154,8 @@ export class ServerCore {
   private maybeCompact(): void {
     const retention = this.config.limits.logRetentionEntries;
     if (this.log.length <= 2 * retention || this.installing !== undefined) return;
-    const through = Math.min(this.kv.appliedSeq, this.durableSeq, this.log.lastSeq - retention);
+    // Only what a snapshot can show: a standby that needs an entry below the new start gets one.
+    const through = Math.min(this.kv.snapshotSeq, this.durableSeq, this.log.lastSeq - retention);
     if (through < this.log.firstSeq) return;
     const throughEpoch = this.log.epochAt(through) as Epoch;
     this.log.compact(through);

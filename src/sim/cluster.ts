@@ -158,6 +158,7 @@ interface FaultProfile {
   logRetentionEntries: number;
   snapshotChunkItemsMax: number;
   snapshotChunksInflightMax: number;
+  batchBytesMax: number;
 }
 
 type NemesisKind = 'addServer' | 'removeServer' | 'setAckQuorum' | 'switchover' | 'crash' | 'pause' | 'crashManager' | 'pauseManager' | 'isolate' | 'isolateMain' | 'mainFromManager' | 'split' | 'oneWay' | 'clog';
@@ -290,6 +291,7 @@ class Simulation {
       logRetentionEntries: random.pick([2, 8, 32, 1000]),
       snapshotChunkItemsMax: random.pick([1, 2, 16]),
       snapshotChunksInflightMax: random.pick([1, 2, 4]),
+      batchBytesMax: random.pick([1, 100, 1024 * 1024]),
     };
     this.profile.batchEntriesMax = random.pick([1, 2, 8, 64]);
     this.profile.inflightEntriesMax = this.profile.batchEntriesMax * random.pick([1, 4, 16]);
@@ -446,7 +448,7 @@ class Simulation {
       { id: node.id, timings: defaultServerTimings, limits: {
         ...defaultServerLimits, batchEntriesMax: this.profile.batchEntriesMax, inflightEntriesMax: this.profile.inflightEntriesMax,
         logRetentionEntries: this.profile.logRetentionEntries, snapshotChunkItemsMax: this.profile.snapshotChunkItemsMax,
-        snapshotChunksInflightMax: this.profile.snapshotChunksInflightMax,
+        snapshotChunksInflightMax: this.profile.snapshotChunksInflightMax, batchBytesMax: this.profile.batchBytesMax,
       }, bugs: this.bugs },
       { meta: recovery.meta, entries: recovery.entries, firstSeq: recovery.firstSeq, baseEpoch: recovery.baseEpoch, corruptionFound: recovery.corruptionFound, bootId: this.random.uint32() + 1, store: node.disk.store },
     );

@@ -200,6 +200,10 @@ export class OracleKvStore implements KvStore {
     this.applied = seq(0);
     this.appliedAtEpoch = epoch(0);
   }
+  snapshotSeq(): Seq {
+    return this.appliedSeq();
+  }
+
   snapshotReader(): KvSnapshotReader {
     const memory = new MemoryKvStore();
     memory.commit({ keys: new Map(this.range('', Number.MAX_SAFE_INTEGER).map((item) => [item.key, { value: item.value, version: item.version }])),

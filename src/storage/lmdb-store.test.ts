@@ -619,9 +619,12 @@ describe('LmdbKvStore: snapshots', () => {
     assert.ok(store.pendingBatchCount > 0, 'some batches are still in the overlay');
     const trailing = store.openSnapshot();
     assert.ok(trailing.seq < 200, `LMDB's last transaction trails the applied state (seq ${trailing.seq}): without the wait a backup would miss writes`);
+    // snapshotSeq is a floor for where such a snapshot stands (the core compacts its log no further).
+    assert.ok(store.snapshotSeq() <= trailing.seq, `snapshotSeq ${store.snapshotSeq()} is above the snapshot's seq ${trailing.seq}`);
     trailing.close();
     const snapshot = await store.openSnapshotOfApplied();
     assert.equal(snapshot.seq, 200);
+    assert.equal(store.snapshotSeq(), 200);
     assert.equal(snapshot.epoch, 2);
     const expected = new Map<string, StoredValue>([['a', stored('1', 1)]]);
     for (let at = 2; at <= 200; at++) expected.set(`k${at % 17}`, stored(String(at), at));

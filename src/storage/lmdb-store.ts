@@ -82,6 +82,8 @@ export interface LmdbStoreOptions {
 /** A batch handed to LMDB whose transaction has not committed yet, with what it wrote. */
 interface InflightBatch {
   id: number;
+  /** The appliedSeq this batch writes. */
+  appliedSeq: Seq;
   keys: string[];
   clientIds: string[];
   isReset: boolean;
@@ -182,6 +184,8 @@ export class LmdbKvStore implements KvStore {
   private lastBatchId: number;
   /** Invariant: equals what LMDB will hold once every inflight batch has committed. */
   private applied: Seq;
+  /** The appliedSeq of the last batch LMDB committed: what a snapshot opened now shows. */
+  private committedApplied: Seq;
   private appliedAtEpoch: Epoch;
   /** Settles when the last batch has committed or failed, for `flushed`. */
   private lastWrite: Promise<void> = Promise.resolve();
@@ -210,6 +214,7 @@ export class LmdbKvStore implements KvStore {
   ) {
     this.lastBatchId = applied.batchId;
     this.applied = applied.appliedSeq;
+    this.committedApplied = applied.appliedSeq;
     this.appliedAtEpoch = applied.appliedEpoch;
     this.failed = new Promise<never>((_resolve, reject) => {
       this.rejectFailed = reject;
@@ -328,7 +333,7 @@ export class LmdbKvStore implements KvStore {
 
     // The batch's writes land in one LMDB transaction, possibly with other whole batches, so every
     // recovery is at a batch boundary.
-    this.enqueue({ id, keys: keyWrites.map((write) => write.key), clientIds: sessionWrites.map((write) => write.clientId), isReset: false }, () => {
+    this.enqueue({ id, appliedSeq: batch.appliedSeq, keys: keyWrites.map((write) => write.key), clientIds: sessionWrites.map((write) => write.clientId), isReset: false }, () => {
       for (const write of keyWrites) {
         if (write.encoded === null) void this.keys.remove(write.keyBytes);
         else void this.keys.put(write.keyBytes, write.encoded);
@@ -356,7 +361,7 @@ export class LmdbKvStore implements KvStore {
     this.pendingResetId = id;
     this.applied = seq(0);
     this.appliedAtEpoch = epoch(0);
-    this.enqueue({ id, keys: [], clientIds: [], isReset: true }, () => {
+    this.enqueue({ id, appliedSeq: seq(0), keys: [], clientIds: [], isReset: true }, () => {
       void this.keys.clearAsync();
       void this.sessions.clearAsync();
       if (installing) void this.meta.put(installingKey, Buffer.from('1'), id);
@@ -376,6 +381,14 @@ export class LmdbKvStore implements KvStore {
 
   // ---------------------------------------------------------------- snapshots
 
+  /**
+   * At most the appliedSeq a snapshot opened now would show: the last batch whose LMDB commit
+   * has been reported (LMDB may be slightly ahead of the report, never behind it).
+   */
+  snapshotSeq(): Seq {
+    return this.committedApplied;
+  }
+
   /** The core's view of a snapshot (KvStore): see openSnapshot. */
   snapshotReader(): KvSnapshotReader {
     return this.openSnapshot();
@@ -394,7 +407,7 @@ export class LmdbKvStore implements KvStore {
       assert(applied !== undefined && applied.length === 2 * versionBytes, `The key-value store at ${this.path} has no valid applied position`);
       const position = decodeApplied(applied);
       const snapshot = new LmdbSnapshot(this.keys, this.sessions, transaction, { seq: position.appliedSeq, epoch: position.appliedEpoch },
-        this.keys.getCount({ transaction }), this.sessions.getCount({ transaction }), (closed) => this.openSnapshots.delete(closed));
+        (closed) => this.openSnapshots.delete(closed));
       this.openSnapshots.add(snapshot);
       return snapshot;
     } catch (error) {
@@ -465,7 +478,7 @@ export class LmdbKvStore implements KvStore {
         }
         const id = ++this.lastBatchId;
         // Until the last transaction, appliedSeq stays 0: the mark says the state is partial.
-        this.enqueue({ id, keys: [], clientIds: [], isReset: false }, () => {
+        this.enqueue({ id, appliedSeq: seq(0), keys: [], clientIds: [], isReset: false }, () => {
           for (const [key, value] of keyWrites) void this.keys.put(key, value);
           for (const [key, value] of sessionWrites) void this.sessions.put(key, value);
           void this.meta.put(appliedKey, encodeApplied(seq(0), epoch(0)), id);
@@ -474,7 +487,7 @@ export class LmdbKvStore implements KvStore {
       }
       const id = ++this.lastBatchId;
       const applied = encodeApplied(position.seq, position.epoch);
-      this.enqueue({ id, keys: [], clientIds: [], isReset: false }, () => {
+      this.enqueue({ id, appliedSeq: position.seq, keys: [], clientIds: [], isReset: false }, () => {
         void this.meta.remove(installingKey);
         void this.meta.put(appliedKey, applied, id);
       });
@@ -569,6 +582,7 @@ export class LmdbKvStore implements KvStore {
       const batch = this.inflight[this.inflightHead] as InflightBatch;
       if (batch.id > id) break;
       this.inflightHead++;
+      this.committedApplied = batch.appliedSeq;
       for (const key of batch.keys) {
         if (this.pendingKeys.get(key)?.batchId === batch.id) this.pendingKeys.delete(key);
       }
@@ -636,12 +650,29 @@ class LmdbSnapshot implements KvSnapshot {
     private readonly sessions: Database<Buffer, Buffer>,
     private readonly transaction: Transaction,
     position: SnapshotPosition,
-    readonly keyCount: number,
-    readonly sessionCount: number,
     private readonly onClose: (snapshot: LmdbSnapshot) => void,
   ) {
     this.seq = position.seq;
     this.epoch = position.epoch;
+  }
+
+  private counts: { keys: number; sessions: number } | undefined;
+
+  /**
+   * Keys in the view. Counted on first use, which walks the whole database (lmdb-js counts by
+   * iterating): a backup wants it for its header, a standby's catch-up does not.
+   */
+  get keyCount(): number {
+    return this.count().keys;
+  }
+
+  get sessionCount(): number {
+    return this.count().sessions;
+  }
+
+  private count(): { keys: number; sessions: number } {
+    this.counts ??= { keys: this.keys.getCount({ transaction: this.transaction }), sessions: this.sessions.getCount({ transaction: this.transaction }) };
+    return this.counts;
   }
 
   *chunks(maxBytes: number): Generator<SnapshotChunk> {
