@@ -4,10 +4,11 @@
 
 export { connect } from './client/client.ts';
 export {
-  BadRequestError, MainstayError, PreconditionFailedError, TimeoutError, UnavailableError,
+  BadRequestError, CompactedError, MainstayError, PreconditionFailedError, TimeoutError, UnavailableError,
 } from './client/client.ts';
 export type {
   Client, ClusterMapView, ConnectOptions, DeleteOptions, DeleteResult, GetResult, Item, ListOptions, PutOptions,
   PutResult, ReadOptions, ServerStatus, TxnInput, TxnOperation, TxnResult,
+  Change, ChangesOptions, WatchOptions, ReconnectInfo, ClientErrorCode,
 } from './client/client.ts';
 export type { Consistency, ErrorCode } from './protocol/types.ts';

@@ -2,11 +2,12 @@
 // NOT_MAIN and retry exactly-once like any application would), and the operator commands that
 // ask the manager for a switchover or a membership or K change.
 
+import { once } from 'node:events';
 import process from 'node:process';
-import { connect, MainstayError } from '../client/client.ts';
+import { connect, MainstayError, type WatchOptions } from '../client/client.ts';
 import { ConfigError, parseOptions, type OptionSpec } from '../runtime/config.ts';
 
-export const clientCommands = ['put', 'get', 'del', 'list', 'txn', 'status', 'switchover', 'add-server', 'remove-server', 'set-ack-quorum'];
+export const clientCommands = ['put', 'get', 'del', 'list', 'txn', 'watch', 'status', 'switchover', 'add-server', 'remove-server', 'set-ack-quorum'];
 
 const options: OptionSpec[] = [
   { name: 'endpoint', type: 'string', default: 'http://127.0.0.1:7000', description: 'Manager or server URL(s), comma separated.' },
@@ -15,6 +16,7 @@ const options: OptionSpec[] = [
   { name: 'consistency', type: 'string', description: 'linearizable (default) or local.' },
   { name: 'min-seq', type: 'integer', min: 0, description: 'Local reads: wait until this seq is applied.' },
   { name: 'limit', type: 'integer', min: 1, max: 1000, description: 'Most keys to list.' },
+  { name: 'from-seq', type: 'integer', min: 0, description: 'watch: the changes after this seq (default: those committed from now on).' },
   { name: 'to', type: 'string', description: 'Switchover target server id.' },
   { name: 'address', type: 'string', description: 'add-server: the server\'s client HTTP base URL (http://host:port).' },
   { name: 'peer-address', type: 'string', description: 'add-server: host:port of the server\'s peer listener.' },
@@ -105,6 +107,9 @@ export async function runClientCommand(command: string, argv: string[]): Promise
         print(await client.txn(body as Parameters<typeof client.txn>[0]));
         return;
       }
+      case 'watch':
+        if (positional.length > 1) throw new ConfigError('Usage: mainstay watch [PREFIX] [--from-seq N]');
+        return await watch(client, positional[0] ?? '', parsed['from-seq'] === undefined ? undefined : Number(parsed['from-seq']));
       case 'status':
         return await printStatus(endpoints, parsed.json === true);
       case 'switchover':
@@ -142,6 +147,35 @@ export async function runClientCommand(command: string, argv: string[]): Promise
     throw error;
   } finally {
     client.close();
+  }
+}
+
+/**
+ * Prints one JSON line per committed change of keys with the prefix, in seq order, until Ctrl-C
+ * (or SIGTERM); the client resumes on another server when a stream ends, and says so on stderr.
+ */
+async function watch(client: ReturnType<typeof connect>, prefix: string, fromSeq: number | undefined): Promise<void> {
+  const stop = new AbortController();
+  const onSignal = (): void => stop.abort();
+  process.once('SIGINT', onSignal);
+  process.once('SIGTERM', onSignal);
+  const options: WatchOptions = {
+    prefix, signal: stop.signal,
+    onChange: async (change) => {
+      // A slow reader of stdout slows the stream down rather than filling memory.
+      if (!process.stdout.write(`${JSON.stringify(change)}\n`)) await once(process.stdout, 'drain');
+    },
+    onReconnect: (info) => {
+      const where = info.after === undefined ? '' : `; resuming after ${info.after}`;
+      process.stderr.write(`mainstay: ${info.endpoint === undefined ? '' : `the stream from ${info.endpoint} ended: `}${info.reason}${where}\n`);
+    },
+  };
+  if (fromSeq !== undefined) options.fromSeq = fromSeq;
+  try {
+    await client.watch(options);
+  } finally {
+    process.off('SIGINT', onSignal);
+    process.off('SIGTERM', onSignal);
   }
 }
 

@@ -9,6 +9,13 @@
 // ids — the client id itself, then `<clientId>.1`, `<clientId>.2` … — and never has two writes in
 // flight under one of them. Request ids start at the clock reading in microseconds and grow by
 // one per write, so they keep increasing when a process restarts with the same client id.
+//
+// The change stream (`watch`, `changes`): any server streams the changes it applied (GET
+// /v1/watch), so the client reads from one — the main first — and, when the stream ends (the server
+// died, stepped down, or cut a slow consumer), reconnects to another with the position of the last
+// change it delivered. Event ids are positions, and every server numbers a seq's changes alike, so
+// nothing is skipped or repeated across servers; the client also drops any change at or before the
+// last one it delivered.
 
 import { setMaxListeners } from 'node:events';
 import { randomUUID } from 'node:crypto';
@@ -122,6 +129,52 @@ export interface ClusterMapView {
   [field: string]: unknown;
 }
 
+export interface ChangesOptions {
+  /** Only keys starting with this (default: every key). */
+  prefix?: string;
+  /**
+   * Deliver the changes of seqs above this: a seq a write returned, or the appliedSeq of a read or
+   * list, so that nothing after what it saw is missed. Default: the changes committed after the
+   * stream opens. A seq a server no longer holds (compacted) rejects with CompactedError.
+   */
+  fromSeq?: number;
+  /** Stops the stream: `watch` then resolves, `changes` ends. */
+  signal?: AbortSignal;
+  /** Told when a stream ended or could not be opened, before the client tries again (for logs). */
+  onReconnect?: (info: ReconnectInfo) => void;
+  /** A stream silent for this long (servers send a heartbeat every 5 s) is taken for dead (default 15 000). */
+  idleTimeoutMs?: number;
+}
+
+export interface WatchOptions extends ChangesOptions {
+  /** Called once per change, in seq order; the next waits until the promise it returns settles. */
+  onChange(change: Change): void | Promise<void>;
+}
+
+export interface ReconnectInfo {
+  /** The server whose stream ended, if one was open. */
+  endpoint?: string;
+  reason: string;
+  /** The stream resumes after this event id (undefined before the first stream opened). */
+  after: string | undefined;
+}
+
+/** One committed change of one key. A transaction's changes share its seq. */
+export interface Change {
+  seq: number;
+  epoch: number;
+  type: 'put' | 'delete';
+  key: string;
+  /** The new value; undefined for a delete. */
+  value: Uint8Array | undefined;
+  /** The key's version after the change (the seq). */
+  version: number;
+  /** The value decoded as UTF-8 (invalid bytes become U+FFFD); undefined for a delete. */
+  text(): string | undefined;
+  /** The wire form: the value as a string when it is valid UTF-8, as base64 otherwise. */
+  toJSON(): { seq: number; epoch: number; type: 'put' | 'delete'; key: string; value?: string; valueBase64?: string; version: number };
+}
+
 export interface Client {
   put(key: string, value: string | Uint8Array, options?: PutOptions): Promise<PutResult>;
   /** The key's value and version, or undefined if it is absent. */
@@ -132,6 +185,14 @@ export interface Client {
   txn(input: TxnInput): Promise<TxnResult>;
   /** The main's GET /v1/status. */
   status(): Promise<ServerStatus>;
+  /**
+   * Follow the committed changes of keys with a prefix, exactly once and in seq order, across
+   * server failures: resolves when `signal` aborts; rejects if `onChange` throws, if the position
+   * is compacted on every server (CompactedError), or if the client is closed.
+   */
+  watch(options: WatchOptions): Promise<void>;
+  /** The same stream as an async iterator; leaving the loop closes it. */
+  changes(options?: ChangesOptions): AsyncGenerator<Change, void, undefined>;
   /** Stop: operations in flight fail, later ones are refused. */
   close(): void;
   /** The session name this client's writes carry (the first of its pool). */
@@ -147,7 +208,7 @@ export interface Client {
 export class MainstayError extends Error {
   override name = 'MainstayError';
   constructor(
-    readonly code: ErrorCode,
+    readonly code: ClientErrorCode,
     message: string,
     readonly definite: boolean,
     readonly status: number | undefined,
@@ -176,8 +237,20 @@ export class UnavailableError extends MainstayError {
   override name = 'UnavailableError';
 }
 
-function makeError(code: ErrorCode, message: string, definite: boolean, status: number | undefined): MainstayError {
+/** The error codes of the HTTP contract, and COMPACTED (a change stream's position is gone). */
+export type ClientErrorCode = ErrorCode | 'COMPACTED';
+
+/** 410: no server still holds the changes after the stream's position; `fromSeqMin` is the oldest one a server could serve. */
+export class CompactedError extends MainstayError {
+  override name = 'CompactedError';
+  constructor(message: string, readonly fromSeqMin: number | undefined) {
+    super('COMPACTED', message, true, 410);
+  }
+}
+
+function makeError(code: ClientErrorCode, message: string, definite: boolean, status: number | undefined): MainstayError {
   switch (code) {
+    case 'COMPACTED': return new CompactedError(message, undefined);
     case 'PRECONDITION_FAILED': return new PreconditionFailedError(code, message, definite, status);
     case 'BAD_REQUEST':
     case 'TOO_LARGE':
@@ -370,6 +443,190 @@ class MainstayClient implements Client {
 
   close(): void {
     this.closing.abort();
+  }
+
+  // ---------------------------------------------------------------- the change stream
+
+  async watch(options: WatchOptions): Promise<void> {
+    if (typeof options.onChange !== 'function') throw new TypeError('watch needs an onChange function');
+    for await (const change of this.changes(options)) await options.onChange(change);
+  }
+
+  async *changes(options: ChangesOptions = {}): AsyncGenerator<Change, void, undefined> {
+    this.checkOpen(false);
+    const prefix = options.prefix ?? '';
+    if (typeof prefix !== 'string') throw new TypeError('prefix must be a string');
+    checkWellFormed(prefix, 'prefix');
+    const idleTimeoutMs = options.idleTimeoutMs ?? watchIdleTimeoutMsDefault;
+    if (!(idleTimeoutMs > 0)) throw new TypeError('idleTimeoutMs must be positive');
+    /** The last change delivered, or where the stream starts; undefined until a server says where "now" is. */
+    let position: StreamPosition | undefined = options.fromSeq === undefined ? undefined : { seq: checkWhole(options.fromSeq, 'fromSeq') };
+    const stop = withoutListenerLimit(new AbortController());
+    const onAbort = (): void => stop.abort();
+    options.signal?.addEventListener('abort', onAbort);
+    this.closing.signal.addEventListener('abort', onAbort);
+    if (options.signal?.aborted === true) stop.abort();
+    const tell = (endpoint: string | undefined, reason: string): void => {
+      const info: ReconnectInfo = { reason, after: position === undefined ? undefined : eventId(position) };
+      if (endpoint !== undefined) info.endpoint = endpoint;
+      options.onReconnect?.(info);
+    };
+    /** The server whose stream ended last: the others are tried first. */
+    let avoid: string | undefined;
+    let failedRounds = 0;
+    try {
+      while (!stop.signal.aborted) {
+        const candidates = await this.watchEndpoints();
+        if (avoid !== undefined && candidates.length > 1 && candidates.includes(avoid)) {
+          candidates.splice(candidates.indexOf(avoid), 1);
+          candidates.push(avoid);
+        }
+        let compacted: CompactedError | undefined;
+        let unavailable = false;
+        const problems: string[] = [];
+        let streamed = false;
+        for (const endpoint of candidates) {
+          if (stop.signal.aborted) break;
+          const opened = await this.openStream(endpoint, prefix, position, stop.signal);
+          if (opened.kind === 'compacted') {
+            compacted = opened.error;
+            problems.push(`${endpoint}: ${opened.error.message}`);
+            continue;
+          }
+          if (opened.kind === 'refused') throw opened.error;
+          if (opened.kind === 'failed') {
+            unavailable ||= !opened.notAServer;
+            problems.push(`${endpoint}: ${opened.reason}`);
+            continue;
+          }
+          streamed = true;
+          failedRounds = 0;
+          position ??= opened.after;
+          let reason = 'the server ended the stream';
+          try {
+            for await (const event of readServerSentEvents(opened.body, idleTimeoutMs)) {
+              if (event.type === 'error') {
+                reason = watchEndReason(event.data);
+                continue;
+              }
+              const at = parseEventId(event.id);
+              if (at === undefined) throw new Error(`an event has no valid id (${JSON.stringify(event.id)})`);
+              // Positions only grow: anything at or before the last one delivered is a duplicate.
+              if (position !== undefined && comparePositions(at, position) <= 0) continue;
+              if (event.type === 'progress') {
+                position = at;
+                continue;
+              }
+              if (event.type !== 'message') continue;
+              const change = changeFromJson(parseJsonText(event.data), at);
+              position = at;
+              yield change;
+            }
+          } catch (error) {
+            if (!stop.signal.aborted) reason = `the stream failed: ${(error as Error).message}`;
+          } finally {
+            opened.cancel();
+          }
+          if (stop.signal.aborted) break;
+          avoid = endpoint;
+          tell(endpoint, reason);
+          break;
+        }
+        if (streamed || stop.signal.aborted) continue;
+        // Every server that answered no longer holds the position: waiting will not bring it back.
+        if (compacted !== undefined && !unavailable) throw compacted;
+        failedRounds++;
+        tell(undefined, problems.length === 0 ? 'no server to watch' : problems.join('; '));
+        try {
+          await sleep(this.watchBackoffMs(failedRounds), undefined, { signal: stop.signal });
+        } catch {
+          break;
+        }
+      }
+    } finally {
+      options.signal?.removeEventListener('abort', onAbort);
+      this.closing.signal.removeEventListener('abort', onAbort);
+      stop.abort();
+    }
+    if (options.signal?.aborted !== true) this.checkOpen(false);
+  }
+
+  /** The servers to watch: the members of the map an endpoint gives (the main first), then the endpoints. */
+  private async watchEndpoints(): Promise<string[]> {
+    const found: string[] = [];
+    for (let asked = 0; asked < this.endpoints.length && found.length === 0; asked++) {
+      const endpoint = this.endpoints[(this.nextEndpoint + asked) % this.endpoints.length] as string;
+      for (const target of ['/v1/status', '/v1/cluster']) {
+        if (this.closing.signal.aborted) break;
+        const outcome = await this.send(endpoint, { method: 'GET', target, write: false, accept: () => undefined },
+          Math.min(this.settings.attemptTimeoutMs, watchDiscoveryTimeoutMs));
+        if (outcome.kind !== 'answer') break;
+        if (outcome.answer.status !== 200) continue;
+        found.push(...serverAddresses(parseJson(outcome.answer.body)));
+        if (found.length > 0) break;
+      }
+    }
+    return [...new Set([...found, ...this.endpoints])];
+  }
+
+  private async openStream(endpoint: string, prefix: string, position: StreamPosition | undefined, stop: AbortSignal): Promise<OpenedStream> {
+    const parameters: string[] = [];
+    if (prefix !== '') parameters.push(`prefix=${encodeURIComponent(prefix)}`);
+    const headers: Record<string, string> = { accept: 'text/event-stream' };
+    // A whole seq travels as fromSeq; a place inside a transaction only as an event id.
+    if (position !== undefined && position.index === undefined) parameters.push(`fromSeq=${position.seq}`);
+    if (position?.index !== undefined) headers['last-event-id'] = eventId(position);
+    const target = `/v1/watch${parameters.length === 0 ? '' : `?${parameters.join('&')}`}`;
+    const controller = new AbortController();
+    const onStop = (): void => controller.abort();
+    stop.addEventListener('abort', onStop);
+    const cancel = (): void => {
+      stop.removeEventListener('abort', onStop);
+      controller.abort();
+    };
+    let timedOut = false;
+    const timer = setTimeout(() => {
+      timedOut = true;
+      controller.abort();
+    }, this.settings.attemptTimeoutMs);
+    let response: Response;
+    try {
+      response = await this.fetch(endpoint + target, { method: 'GET', headers, signal: controller.signal, redirect: 'manual' });
+    } catch (error) {
+      cancel();
+      return { kind: 'failed', notAServer: false, reason: timedOut ? 'no answer in time' : networkCode(error) ?? (error as Error).message };
+    } finally {
+      clearTimeout(timer);
+    }
+    if (response.status === 200 && response.body !== null) {
+      const after = parseEventId(response.headers.get('mainstay-watch-after') ?? undefined);
+      if (after !== undefined) return { kind: 'stream', body: response.body, after, cancel };
+      cancel();
+      return { kind: 'failed', notAServer: true, reason: 'the answer is not a Mainstay change stream' };
+    }
+    let body: Uint8Array;
+    try {
+      body = new Uint8Array(await response.arrayBuffer());
+    } catch (error) {
+      cancel();
+      return { kind: 'failed', notAServer: false, reason: (error as Error).message };
+    }
+    cancel();
+    const error = (parseJson(body) as { error?: { code?: unknown; message?: unknown; fromSeqMin?: unknown } } | undefined)?.error;
+    const message = typeof error?.message === 'string' ? error.message : `HTTP ${response.status}`;
+    if (response.status === 410) {
+      return { kind: 'compacted', error: new CompactedError(message, typeof error?.fromSeqMin === 'number' ? error.fromSeqMin : undefined) };
+    }
+    // The manager, or something else that has no change stream.
+    if (response.status === 404 || response.status === 405) return { kind: 'failed', notAServer: true, reason: `it has no change stream (HTTP ${response.status})` };
+    if (response.status === 400 || response.status === 414) return { kind: 'refused', error: errorFromAnswer({ status: response.status, headers: response.headers, body }) };
+    return { kind: 'failed', notAServer: false, reason: message };
+  }
+
+  private watchBackoffMs(round: number): number {
+    const { backoffMsMin, backoffMsMax } = this.settings;
+    const ceiling = Math.min(backoffMsMax, Math.max(1, backoffMsMin) * 2 ** Math.min(round, 20));
+    return ceiling / 2 + Math.random() * (ceiling / 2);
   }
 
   // ---------------------------------------------------------------- the retry loop
@@ -632,6 +889,170 @@ function itemFromJson(json: unknown): Item {
   if (typeof item.value === 'string') return makeItem(item.key, utf8.encode(item.value), item.version);
   if (typeof item.valueBase64 === 'string') return makeItem(item.key, new Uint8Array(Buffer.from(item.valueBase64, 'base64')), item.version);
   throw unreadable('a list item has neither value nor valueBase64', false);
+}
+
+// ---------------------------------------------------------------- the change stream's wire
+
+const watchIdleTimeoutMsDefault = 15_000;
+const watchDiscoveryTimeoutMs = 2_000;
+
+/** After every change of the seqs up to `seq`, or, with `index`, of seq `seq` up to that change. */
+interface StreamPosition {
+  seq: number;
+  index?: number;
+}
+
+type OpenedStream =
+  | { kind: 'stream'; body: ReadableStream<Uint8Array>; after: StreamPosition; cancel(): void }
+  | { kind: 'compacted'; error: CompactedError }
+  | { kind: 'refused'; error: MainstayError }
+  | { kind: 'failed'; notAServer: boolean; reason: string };
+
+/** "42" (seq 42 complete) or "42.1" (seq 42 up to its change 1), as the server names events. */
+function eventId(position: StreamPosition): string {
+  return position.index === undefined ? String(position.seq) : `${position.seq}.${position.index}`;
+}
+
+function parseEventId(text: string | undefined): StreamPosition | undefined {
+  const match = /^([0-9]{1,16})(?:\.([0-9]{1,6}))?$/.exec(text ?? '');
+  if (match === null) return undefined;
+  return match[2] === undefined ? { seq: Number(match[1]) } : { seq: Number(match[1]), index: Number(match[2]) };
+}
+
+/** Orders positions; a complete seq comes after each of its changes. */
+function comparePositions(a: StreamPosition, b: StreamPosition): number {
+  if (a.seq !== b.seq) return a.seq - b.seq;
+  const aIndex = a.index ?? Number.POSITIVE_INFINITY;
+  const bIndex = b.index ?? Number.POSITIVE_INFINITY;
+  return aIndex === bIndex ? 0 : aIndex < bIndex ? -1 : 1;
+}
+
+interface ServerSentEvent {
+  /** The event field, or "message". */
+  type: string;
+  data: string;
+  id: string | undefined;
+}
+
+/**
+ * The events of a text/event-stream body (the WHATWG format: lines split at CR, LF or CRLF;
+ * comments ignored; an event dispatched at a blank line). Rejects if nothing, not even a
+ * heartbeat, arrives for idleTimeoutMs while it waits; the time the caller spends on an event
+ * does not count.
+ */
+async function* readServerSentEvents(body: ReadableStream<Uint8Array>, idleTimeoutMs: number): AsyncGenerator<ServerSentEvent, void, undefined> {
+  const reader = body.getReader();
+  const decoder = new TextDecoder('utf-8');
+  let buffer = '';
+  let type = '';
+  let data: string[] = [];
+  let id: string | undefined;
+  try {
+    while (true) {
+      let timer: ReturnType<typeof setTimeout> | undefined;
+      const idle = new Promise<never>((_, reject) => {
+        timer = setTimeout(() => reject(new Error(`nothing arrived for ${idleTimeoutMs} ms`)), idleTimeoutMs);
+      });
+      let chunk: Awaited<ReturnType<ReadableStreamDefaultReader<Uint8Array>['read']>>;
+      try {
+        chunk = await Promise.race([reader.read(), idle]);
+      } finally {
+        clearTimeout(timer);
+      }
+      if (chunk.done) return;
+      buffer += decoder.decode(chunk.value, { stream: true });
+      while (true) {
+        const match = /\r\n|\r|\n/.exec(buffer);
+        // A CR at the very end may be the first half of a CRLF: wait for the next chunk.
+        if (match === null || (match[0] === '\r' && match.index === buffer.length - 1)) break;
+        const line = buffer.slice(0, match.index);
+        buffer = buffer.slice(match.index + match[0].length);
+        if (line === '') {
+          if (data.length > 0) yield { type: type === '' ? 'message' : type, data: data.join('\n'), id };
+          type = '';
+          data = [];
+          id = undefined;
+          continue;
+        }
+        if (line.startsWith(':')) continue;
+        const colon = line.indexOf(':');
+        const field = colon < 0 ? line : line.slice(0, colon);
+        let value = colon < 0 ? '' : line.slice(colon + 1);
+        if (value.startsWith(' ')) value = value.slice(1);
+        if (field === 'data') data.push(value);
+        else if (field === 'event') type = value;
+        else if (field === 'id' && !value.includes('\0')) id = value;
+      }
+    }
+  } finally {
+    reader.cancel().catch(() => {});
+  }
+}
+
+function parseJsonText(text: string): unknown {
+  try {
+    return JSON.parse(text) as unknown;
+  } catch {
+    throw new Error('an event\'s data is not JSON');
+  }
+}
+
+function changeFromJson(json: unknown, at: StreamPosition): Change {
+  const body = json as { seq?: unknown; epoch?: unknown; type?: unknown; key?: unknown; value?: unknown; valueBase64?: unknown; version?: unknown } | null;
+  if (body === null || typeof body !== 'object') throw new Error('an event\'s data is not a change');
+  const { seq, epoch, type, key, version } = body;
+  if (typeof seq !== 'number' || seq !== at.seq) throw new Error(`a change's seq does not match its id ${eventId(at)}`);
+  if (typeof epoch !== 'number' || typeof key !== 'string' || typeof version !== 'number' || (type !== 'put' && type !== 'delete')) {
+    throw new Error('a change lacks its epoch, key, version or type');
+  }
+  let value: Uint8Array | undefined;
+  if (type === 'put') {
+    if (typeof body.value === 'string') value = utf8.encode(body.value);
+    else if (typeof body.valueBase64 === 'string') value = new Uint8Array(Buffer.from(body.valueBase64, 'base64'));
+    else throw new Error('a put has neither value nor valueBase64');
+  }
+  return {
+    seq, epoch, type, key, value, version,
+    text: () => value === undefined ? undefined : lenientUtf8.decode(value),
+    toJSON: () => {
+      if (value === undefined) return { seq, epoch, type, key, version };
+      try {
+        return { seq, epoch, type, key, value: strictUtf8.decode(value), version };
+      } catch {
+        return { seq, epoch, type, key, valueBase64: Buffer.from(value).toString('base64'), version };
+      }
+    },
+  };
+}
+
+function watchEndReason(data: string): string {
+  const body = (() => {
+    try {
+      return JSON.parse(data) as { error?: { code?: unknown; message?: unknown } };
+    } catch {
+      return undefined;
+    }
+  })();
+  const code = typeof body?.error?.code === 'string' ? body.error.code : 'ERROR';
+  const message = typeof body?.error?.message === 'string' ? body.error.message : 'the server ended the stream';
+  return `${code}: ${message}`;
+}
+
+/** Every server's URL in a status or cluster answer, the main's first. */
+function serverAddresses(json: unknown): string[] {
+  if (typeof json !== 'object' || json === null) return [];
+  const body = json as { map?: { members?: unknown } | null; servers?: unknown };
+  const addresses: string[] = [];
+  const main = mainFromMap(json);
+  if (main !== undefined) addresses.push(main);
+  for (const list of [body.map?.members, body.servers]) {
+    if (!Array.isArray(list)) continue;
+    for (const member of list) {
+      const address = (member as { address?: unknown } | null)?.address;
+      if (typeof address === 'string' && /^https?:\/\//.test(address)) addresses.push(trimSlash(address));
+    }
+  }
+  return [...new Set(addresses)];
 }
 
 // ---------------------------------------------------------------- decoding answers

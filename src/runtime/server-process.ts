@@ -27,6 +27,7 @@ import type { HostPort } from './config.ts';
 import { formatHostPort, listen, parseHostPort } from './config.ts';
 import { ServerMetrics } from './metrics.ts';
 import { handleSnapshotRequest, snapshotPath } from './snapshot-http.ts';
+import { WatchHub } from './watch-http.ts';
 
 export interface ServerProcessConfig {
   id: string;
@@ -79,10 +80,13 @@ export async function startServerProcess(config: ServerProcessConfig): Promise<R
   const bootId = randomInt(1, 2 ** 47);
   const bugs = plantedBugsFromEnv(process.env);
   if (bugs.size > 0) logger.warn({ bugs: [...bugs] }, 'Planted protocol bugs are on (MAINSTAY_PLANTED_BUGS): this server is unsafe by design');
+  // The change stream (GET /v1/watch) records what each entry changes as the core applies it.
+  const watches = new WatchHub(store, { sessionsMax: config.limits.sessionsMax, logger });
   const core = new ServerCore({ id, timings: config.timings, limits: config.limits, bugs, checksum: (bytes) => zlibCrc32(bytes) }, {
     meta: recovered.meta, entries: recovered.entries, firstSeq: recovered.firstSeq, baseEpoch: recovered.baseEpoch,
-    corruptionFound: recovered.corruptionFound, bootId, store,
+    corruptionFound: recovered.corruptionFound, bootId, store: watches.store,
   });
+  watches.attach(core);
   logger.info({ lastSeq: core.lastSeq, appliedSeq: core.applied, promisedEpoch: core.promised, bootId }, 'Recovered; starting as a standby');
 
   const metrics = new ServerMetrics(core);
@@ -159,6 +163,7 @@ export async function startServerProcess(config: ServerProcessConfig): Promise<R
       }
     }
     updatePeers(core.currentMap);
+    watches.onProgress();
   };
 
   log.onDurable = (operationId: number): void => run(core.onDiskDone(now(), operationId));
@@ -232,6 +237,9 @@ export async function startServerProcess(config: ServerProcessConfig): Promise<R
       case 'error':
         output = renderParseError(parsed);
         break;
+      case 'watch':
+        watches.serve(parsed.watch, response);
+        return;
       case 'health':
         output = { status: 200, headers: { 'content-type': 'application/json' }, body: `${JSON.stringify({ ok: true, id: config.id })}\n` };
         break;
@@ -270,6 +278,7 @@ export async function startServerProcess(config: ServerProcessConfig): Promise<R
     async close(): Promise<void> {
       stopping = true;
       clearInterval(ticker);
+      watches.close();
       // Stop accepting; let requests in progress finish briefly, then cut what is left.
       const closed = new Promise<void>((resolve) => http.close(() => resolve()));
       http.closeIdleConnections();

@@ -19,6 +19,16 @@
 //       "failure": [ … same as success … ] }
 // - Client sessions: `Mainstay-Client-Id` (1–clientIdBytesMax visible ASCII characters) and
 //   `Mainstay-Request-Id` (a positive integer), both or neither, on writes; reads ignore them.
+// - The change stream (GET /v1/watch?prefix=P&fromSeq=N) is server-sent events, one per changed
+//   key, after a position: `fromSeq` (every change of seqs up to N was seen), or the
+//   `Last-Event-ID` header, which wins (an EventSource reconnects to the same URL with it). Event
+//   ids name positions: `42` is "everything up to and including seq 42", `42.1` is "seq 42 up to
+//   its change 1" (a transaction changes several keys at one seq; only its last change in the
+//   stream gets the plain seq). Data: {"seq","epoch","type":"put"|"delete","key",
+//   "value"|"valueBase64" (puts),"version"}. `event: progress` (id: a seq, data {"seq"}) says every
+//   change up to that seq was sent; `event: error` (data {"error","lastEventId"}) ends a stream the
+//   server closes, naming where to resume. A position the server no longer holds gets 410
+//   COMPACTED with `fromSeqMin`, the smallest fromSeq it can serve.
 
 import { assert } from '../lib/assert.ts';
 import type { ClusterMap, StatusMessage } from '../protocol/messages.ts';
@@ -104,8 +114,24 @@ export interface HttpResponse {
   body: Uint8Array | string;
 }
 
+/** A point of the change stream: after every change of the seqs up to `seq`, or, with `index`, of seq `seq` up to that change. */
+export interface WatchPosition {
+  seq: number;
+  /** Undefined: seq `seq` is complete. */
+  index?: number | undefined;
+}
+
+/** GET /v1/watch. */
+export interface WatchRequest {
+  /** Only keys starting with this (UTF-8, at most keyBytesMax bytes; empty: every key). */
+  prefix: string;
+  /** Send the changes after this; undefined: after the server's commitSeq when the stream opens. */
+  after?: WatchPosition;
+}
+
 export type ParsedHttpRequest =
   | { kind: 'client'; request: ClientRequest }
+  | { kind: 'watch'; watch: WatchRequest }
   | { kind: 'status' }
   | { kind: 'health' }
   | { kind: 'metrics' }
@@ -156,6 +182,9 @@ export const headerNames = Object.freeze({
   clientId: 'Mainstay-Client-Id',
   requestId: 'Mainstay-Request-Id',
   appliedSeq: 'Mainstay-Applied-Seq',
+  /** On a watch stream's response: the position (an event id) after which it sends changes. */
+  watchAfter: 'Mainstay-Watch-After',
+  lastEventId: 'Last-Event-ID',
 });
 
 /** What 429 and 503 answers ask clients to wait before retrying. */
@@ -211,6 +240,7 @@ interface Route {
 const keyRoute: Route = { name: '/v1/kv/{key}', methods: ['GET', 'PUT', 'DELETE'] };
 const listRoute: Route = { name: '/v1/kv', methods: ['GET'] };
 const txnRoute: Route = { name: '/v1/txn', methods: ['POST'] };
+const watchRoute: Route = { name: '/v1/watch', methods: ['GET'] };
 const plainRoutes: ReadonlyMap<string, Route & { kind: 'status' | 'health' | 'metrics' }> = new Map([
   ['/v1/status', { name: '/v1/status', methods: ['GET'], kind: 'status' as const }],
   ['/healthz', { name: '/healthz', methods: ['GET'], kind: 'health' as const }],
@@ -252,9 +282,10 @@ function parseOrReject(input: HttpRequestInput, limits: HttpApiLimits): ParsedHt
     checkMethod(plain, method);
     return { kind: plain.kind };
   }
-  const route = path === '/v1/kv' ? listRoute : path.startsWith(kvPathPrefix) ? keyRoute : path === '/v1/txn' ? txnRoute : undefined;
+  const route = path === '/v1/kv' ? listRoute : path.startsWith(kvPathPrefix) ? keyRoute : path === '/v1/txn' ? txnRoute
+    : path === '/v1/watch' ? watchRoute : undefined;
   if (route === undefined) {
-    throw new Rejection(404, 'NOT_FOUND', `Not found: there is no route ${printable(path)}; the API has /v1/kv/{key}, /v1/kv, /v1/txn, /v1/status, /healthz and /metrics`);
+    throw new Rejection(404, 'NOT_FOUND', `Not found: there is no route ${printable(path)}; the API has /v1/kv/{key}, /v1/kv, /v1/txn, /v1/watch, /v1/status, /healthz and /metrics`);
   }
   checkMethod(route, method);
   if (input.bodyTooLarge === true || input.body.length > limits.requestBodyBytesMax) {
@@ -271,6 +302,12 @@ function parseOrReject(input: HttpRequestInput, limits: HttpApiLimits): ParsedHt
     const limitText = query.get('limit');
     const limit = limitText === undefined ? limits.listLimitMax : parseWholeNumber(limitText, 1, limits.listLimitMax, 'limit');
     return { kind: 'client', request: { type: 'list', prefix, limit, ...readOptions(query, limits) } };
+  }
+
+  if (route === watchRoute) {
+    checkQueryNames(query, route, method, ['prefix', 'fromSeq']);
+    checkNoBody(input.body, method);
+    return { kind: 'watch', watch: parseWatch(query, header(input.headers, headerNames.lastEventId.toLowerCase()), limits) };
   }
 
   if (route === txnRoute) {
@@ -341,6 +378,24 @@ function readOptions(query: Map<string, string>, limits: HttpApiLimits): { consi
   const minSeqText = query.get('minSeq');
   if (minSeqText === undefined) return { consistency };
   return { consistency, minSeq: parseWholeNumber(minSeqText, 0, limits.seqMax, 'minSeq') };
+}
+
+function parseWatch(query: Map<string, string>, lastEventId: string | undefined, limits: HttpApiLimits): WatchRequest {
+  const prefix = query.get('prefix') ?? '';
+  const prefixBytes = utf8Length(prefix);
+  if (prefixBytes > limits.keyBytesMax) rejectTooLarge(414, `Cannot parse prefix: it is ${prefixBytes} bytes, more than the limit of ${limits.keyBytesMax}`);
+  const fromSeqText = query.get('fromSeq');
+  const fromSeq = fromSeqText === undefined ? undefined : parseWholeNumber(fromSeqText, 0, limits.seqMax, 'fromSeq');
+  // An EventSource sends the id of the last event it received when it reconnects, to the URL it
+  // first opened: the header is the newer position. An empty one means "no event yet".
+  if (lastEventId !== undefined && lastEventId.trim() !== '') {
+    const after = parseWatchEventId(lastEventId.trim(), limits.seqMax);
+    if (after === undefined) {
+      reject(`Cannot parse Last-Event-ID "${printable(lastEventId)}": use an event id of this stream, a seq such as 42 or a seq and a change such as 42.1`);
+    }
+    return { prefix, after };
+  }
+  return fromSeq === undefined ? { prefix } : { prefix, after: { seq: fromSeq } };
 }
 
 /** A decimal whole number in [min, max]; digits only (no sign, exponent or spaces). */
@@ -735,6 +790,119 @@ export function itemJson(item: KeyValue): ItemJson {
   const text = decodeUtf8(item.value);
   if (text !== undefined) return { key: item.key, value: text, version: item.version };
   return { key: item.key, valueBase64: encodeBase64(item.value), version: item.version };
+}
+
+// ---------------------------------------------------------------- the change stream
+
+/** One change as the watch stream carries it (the recorder's Change has these fields). */
+export interface WatchChange {
+  seq: number;
+  epoch: number;
+  /** Place among the changes of its seq, from 0. */
+  index: number;
+  type: 'put' | 'delete';
+  key: string;
+  /** Puts only. */
+  value?: Uint8Array;
+  version: number;
+}
+
+/** The data of a change event; exactly one of value and valueBase64 on a put, neither on a delete. */
+export interface WatchChangeJson {
+  seq: number;
+  epoch: number;
+  type: 'put' | 'delete';
+  key: string;
+  value?: string;
+  valueBase64?: string;
+  version: number;
+}
+
+/** Why the server ended a stream (`event: error`); the consumer resumes from `lastEventId`, here or elsewhere. */
+export type WatchEndCode =
+  /** The consumer fell behind what this server keeps (it read too slowly, or the log was compacted under it). */
+  | 'SLOW_CONSUMER'
+  /** This server stopped being the main. */
+  | 'STEPPED_DOWN'
+  /** This server's state was replaced (a snapshot install, a K = 0 rebuild). */
+  | 'STATE_RESET'
+  | 'SHUTTING_DOWN';
+
+const eventStreamType = 'text/event-stream; charset=utf-8';
+
+/** The id of an event at a position: "42" (seq 42 complete) or "42.1" (seq 42 up to its change 1). */
+export function watchEventId(position: WatchPosition): string {
+  return position.index === undefined ? String(position.seq) : `${position.seq}.${position.index}`;
+}
+
+/** The position an event id names, or undefined if it is not one. */
+export function parseWatchEventId(text: string, seqMax: number = Number.MAX_SAFE_INTEGER): WatchPosition | undefined {
+  const match = /^([0-9]{1,16})(?:\.([0-9]{1,6}))?$/.exec(text);
+  if (match === null) return undefined;
+  const at = Number(match[1]);
+  if (at > seqMax) return undefined;
+  return match[2] === undefined ? { seq: at } : { seq: at, index: Number(match[2]) };
+}
+
+/** Status and headers of a stream that sends the changes after `after`. */
+export function watchStreamHead(after: WatchPosition): { status: number; headers: Record<string, string> } {
+  return {
+    status: 200,
+    headers: {
+      'Content-Type': eventStreamType,
+      'Cache-Control': 'no-cache, no-transform',
+      // Proxies that buffer responses (nginx) would hold the events back.
+      'X-Accel-Buffering': 'no',
+      [headerNames.watchAfter]: watchEventId(after),
+    },
+  };
+}
+
+/** The first bytes of a stream: how long an EventSource waits before it reconnects. */
+export function renderWatchPreamble(retryMs: number): string {
+  return `retry: ${retryMs}\n\n`;
+}
+
+/** A change event; `complete` when no later change of its seq follows in this stream, so its id is the plain seq. */
+export function renderWatchChange(change: WatchChange, complete: boolean): string {
+  const id = watchEventId(complete ? { seq: change.seq } : { seq: change.seq, index: change.index });
+  return `id: ${id}\ndata: ${JSON.stringify(watchChangeJson(change))}\n\n`;
+}
+
+export function watchChangeJson(change: WatchChange): WatchChangeJson {
+  const { seq: at, epoch: atEpoch, key, version } = change;
+  if (change.type === 'delete') return { seq: at, epoch: atEpoch, type: 'delete', key, version };
+  const value = change.value ?? new Uint8Array(0);
+  const text = decodeUtf8(value);
+  return text === undefined
+    ? { seq: at, epoch: atEpoch, type: 'put', key, valueBase64: encodeBase64(value), version }
+    : { seq: at, epoch: atEpoch, type: 'put', key, value: text, version };
+}
+
+/** Every change up to `throughSeq` was sent (none of them matched, or all did): the consumer may resume after it. */
+export function renderWatchProgress(throughSeq: number): string {
+  return `id: ${throughSeq}\nevent: progress\ndata: ${JSON.stringify({ seq: throughSeq })}\n\n`;
+}
+
+/** A comment, which keeps proxies and the consumer's idle timer from closing a quiet stream. */
+export const watchHeartbeat = ': heartbeat\n\n';
+
+/** The last event of a stream the server ends. */
+export function renderWatchEnd(code: WatchEndCode, message: string, lastEventId: string): string {
+  return `event: error\ndata: ${JSON.stringify({ error: { code, message, definite: true }, lastEventId })}\n\n`;
+}
+
+/** 410: the position is older than what this server keeps; `fromSeqMin` is the smallest fromSeq it can serve. */
+export function renderWatchGone(after: WatchPosition, fromSeqMin: number): HttpResponse {
+  return renderJson(410, {
+    error: {
+      code: 'COMPACTED',
+      message: `Cannot resume the change stream after ${watchEventId(after)}: this server keeps the changes after seq ${fromSeqMin} only `
+        + '(older ones are compacted from its log, or were applied before it started); resume on another server, or read the state and watch from its appliedSeq',
+      definite: true,
+      fromSeqMin,
+    },
+  });
 }
 
 // ---------------------------------------------------------------- text and bytes
