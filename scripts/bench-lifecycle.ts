@@ -102,7 +102,7 @@ async function status(server: ServerInfo): Promise<Status | undefined> {
 
 async function main(): Promise<void> {
   const cluster = await TestCluster.start({
-    servers: 3, ackQuorum: 1, heartbeatMs: 100,
+    servers: 3, ackQuorum: 1, heartbeatMs: 100, verbose: process.env.BENCH_VERBOSE === '1',
     serverFlags: ['--log-retention-entries', String(retention), '--segment-bytes-max', String(segmentBytes)],
   });
   const deadline = performance.now() + secondsMax * 1000;

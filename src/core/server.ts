@@ -978,8 +978,14 @@ export class ServerCore {
     // A peer silent for a retransmit interval (down, restarting, cut off) gets one batch, a probe,
     // not a window: its transport would only queue what it cannot take.
     const silent = this.now - peer.lastHeardMs >= this.config.timings.retransmitMs;
-    const window = silent ? Math.min(limits.batchEntriesMax, limits.inflightEntriesMax) : limits.inflightEntriesMax;
-    while (peer.nextSeq <= this.log.lastSeq && inflight() < window) {
+    // So does a peer whose position is not confirmed since sending last restarted (Raft's probe):
+    // if the logs part below, a window would be encoded and sent for nothing.
+    const probing = peer.matchSeq + 1 < peer.windowStart;
+    const window = silent || probing ? Math.min(limits.batchEntriesMax, limits.inflightEntriesMax) : limits.inflightEntriesMax;
+    // Each call encodes a bounded amount; acknowledgements call again, so the window refills
+    // without one long stall of the event loop (the main must keep answering heartbeats).
+    let budget = 8 * limits.batchBytesMax;
+    while (peer.nextSeq <= this.log.lastSeq && inflight() < window && budget > 0) {
       const prevSeq = seq(peer.nextSeq - 1);
       const prevEpoch = this.log.epochAt(prevSeq);
       assert(prevEpoch !== undefined, 'an append follows an entry the log holds');
@@ -994,6 +1000,7 @@ export class ServerCore {
           break;
         }
       }
+      budget -= bytes;
       const entries = this.log.slice(peer.nextSeq, last);
       this.send(peer.id, {
         type: 'append', epoch: this.promisedEpoch, generation: peer.generation, prevSeq, prevEpoch, entries,
