@@ -124,7 +124,7 @@ export type ServerEffect =
 export type ServerEventCode =
   | 'becameMain' | 'steppedDown' | 'refusedMain' | 'truncated' | 'repaired' | 'stateRebuilt'
   | 'committedLost' | 'duplicateAbsorbed' | 'staleMessage' | 'switchoverStarted' | 'switchoverAborted'
-  | 'snapshotSent' | 'snapshotStarted' | 'snapshotInstalled';
+  | 'snapshotSent' | 'snapshotStarted' | 'snapshotInstalled' | 'fenced';
 
 export interface IncomingRequest {
   requestId: number;
@@ -548,6 +548,10 @@ export class ServerCore {
   }
 
   private onFence(fenceEpoch: Epoch): void {
+    if (fenceEpoch > this.promisedEpoch) {
+      this.event('info', 'fenced', `Fenced by the manager for epoch ${fenceEpoch} (was ${this.promisedEpoch})`);
+      if (this.role === 'main') this.stepDown(`the manager fenced this server for epoch ${fenceEpoch}, a failover or switchover`);
+    }
     this.adoptEpoch(fenceEpoch);
     this.fenceReplyWanted = true;
     this.maybeReplyFence();

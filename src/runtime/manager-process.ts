@@ -17,6 +17,7 @@ import { writeFileAtomic } from '../storage/atomic-file.ts';
 import { TcpTransport } from '../transport/tcp.ts';
 import type { HostPort, ServerAddressBook } from './config.ts';
 import { formatHostPort, listen, parseHostPort } from './config.ts';
+import { ManagerMetrics } from './manager-metrics.ts';
 
 export interface ManagerProcessConfig {
   /** A new cluster's epoch before its first appointment (the epoch of restored data). */
@@ -73,6 +74,7 @@ export async function startManagerProcess(config: ManagerProcessConfig): Promise
   const peerMap = (members: readonly Member[]): Map<string, HostPort> =>
     new Map(members.map((member) => [member.id as string, parseHostPort(member.peerAddress, `the peer address of ${member.id}`)]));
   const transport = new TcpTransport({ selfId: 'manager', listen: config.listenPeer, peers: peerMap(state.members), logger });
+  const metrics = new ManagerMetrics(core, { statusFreshMs: timings.statusFreshMs, transport });
   // The transport's address book follows the members: a server added is reachable at once, one
   // removed is disconnected. Rebuilt only when the members or their addresses change.
   const peersKey = (members: readonly Member[]): string => JSON.stringify(members.map((member) => [member.id, member.peerAddress]));
@@ -114,6 +116,7 @@ export async function startManagerProcess(config: ManagerProcessConfig): Promise
         }
         case 'event':
           logger[effect.level]({ event: effect.event }, effect.message);
+          metrics.onEvent(effect.event);
           dashboard.onEvent(effect.level, effect.message, effect.event);
           break;
       }
@@ -141,6 +144,7 @@ export async function startManagerProcess(config: ManagerProcessConfig): Promise
   const ticker = setInterval(() => run(core.tick(now())), Math.max(5, Math.floor(config.heartbeatMs / 2)));
 
   const http = createServer((request, response) => {
+    if (metrics.serve(request, response)) return;
     if (dashboard.serve(request, response)) return;
     handleHttp(core, request, response, run, () => persistChain).catch((error: unknown) => {
       logger.error({ err: error }, 'HTTP handler failed');

@@ -25,7 +25,7 @@ import { compactLog, LogArchiver } from '../storage/log-archive.ts';
 import { TcpTransport } from '../transport/tcp.ts';
 import type { HostPort } from './config.ts';
 import { formatHostPort, listen, parseHostPort } from './config.ts';
-import { ServerMetrics } from './metrics.ts';
+import { DiskMetrics, ServerMetrics } from './metrics.ts';
 import { handleSnapshotRequest, snapshotPath } from './snapshot-http.ts';
 import { WatchHub } from './watch-http.ts';
 
@@ -60,7 +60,8 @@ export async function startServerProcess(config: ServerProcessConfig): Promise<R
   // Test-only storage faults (fault-fs.ts), when the chaos harness sets MAINSTAY_TEST_FAULTS.
   const faults = faultFileSystemFromEnv(process.env);
   if (faults !== undefined) logger.warn({ powerLoss: faults.powerLoss, controlFile: faults.controlFile }, 'Test-only storage faults are on (MAINSTAY_TEST_FAULTS)');
-  const opened = await openFileLog(config.dataDir, { segmentBytesMax: config.segmentBytesMax, ...(faults === undefined ? {} : { fileSystem: faults }) });
+  const diskMetrics = new DiskMetrics();
+  const opened = await openFileLog(config.dataDir, { segmentBytesMax: config.segmentBytesMax, fileSystem: diskMetrics.instrument(faults) });
   for (const warning of opened.warnings ?? []) logger.warn(warning);
   const { log, recovered } = opened;
   const store = await openLmdbStore(join(config.dataDir, 'state'));
@@ -89,8 +90,9 @@ export async function startServerProcess(config: ServerProcessConfig): Promise<R
   watches.attach(core);
   logger.info({ lastSeq: core.lastSeq, appliedSeq: core.applied, promisedEpoch: core.promised, bootId }, 'Recovered; starting as a standby');
 
-  const metrics = new ServerMetrics(core);
+  const metrics = new ServerMetrics(core, { disk: diskMetrics });
   const transport = new TcpTransport({ selfId: config.id, listen: config.listenPeer, peers: new Map([[MANAGER, config.manager]]), logger });
+  metrics.observeTransport(transport);
   const waiting = new Map<number, (response: ClientResponse) => void>();
   let batch: IncomingRequest[] = [];
   let nextRequestId = 1;
@@ -136,6 +138,7 @@ export async function startServerProcess(config: ServerProcessConfig): Promise<R
   };
 
   const run = (effects: ServerEffect[]): void => {
+    metrics.onEffects(effects);
     for (const effect of effects) {
       switch (effect.kind) {
         case 'send':
@@ -166,7 +169,10 @@ export async function startServerProcess(config: ServerProcessConfig): Promise<R
     watches.onProgress();
   };
 
-  log.onDurable = (operationId: number): void => run(core.onDiskDone(now(), operationId));
+  log.onDurable = (operationId: number): void => {
+    metrics.onDiskDurable(operationId);
+    run(core.onDiskDone(now(), operationId));
+  };
   log.onError = (error: Error): void => {
     // The disk failed: nothing after this may be acknowledged. Stop; a restart recovers from what
     // is durable (retrying an fsync after a failure cannot be trusted).
@@ -185,6 +191,7 @@ export async function startServerProcess(config: ServerProcessConfig): Promise<R
       logger.warn({ from, err: error }, 'Ignoring an undecodable message');
       return;
     }
+    metrics.onMessage(from, message);
     if (from === MANAGER) {
       if (message.type === 'map' || message.type === 'fence' || message.type === 'switchover') run(core.onManagerMessage(now(), message));
       else logger.debug({ type: message.type }, 'Ignoring a message the manager does not send');
@@ -264,6 +271,7 @@ export async function startServerProcess(config: ServerProcessConfig): Promise<R
         break;
       }
     }
+    metrics.observeHttp(parsed, output.status);
     response.writeHead(output.status, output.headers);
     response.end(output.body);
   }

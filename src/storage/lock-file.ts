@@ -62,9 +62,14 @@ export async function acquireDirectoryLock(fileSystem: LogFileSystem, dataDir: s
     }
     try {
       await writeAll(fileSystem, fd, content, 0, content.length, 0);
-    } finally {
-      await fileSystem.close(fd);
+    } catch (error) {
+      // An empty lock (a full disk) would keep every later start out for the grace period:
+      // take it away again and report the write's failure.
+      await fileSystem.close(fd).catch(() => {});
+      await fileSystem.unlink(path).catch(() => {});
+      throw error;
     }
+    await fileSystem.close(fd);
     return { path, release: () => releaseLock(fileSystem, path) };
   }
   throw new DirectoryLockedError(`Cannot lock the data directory ${dataDir}: another process took its lock at the same time`, undefined);
