@@ -9,7 +9,7 @@ import { mkdir } from 'node:fs/promises';
 import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
 import { join, resolve as resolvePath } from 'node:path';
 import type { Logger } from 'pino';
-import type { IncomingRequest, ServerEffect, ServerLimits, ServerTimings } from '../core/server.ts';
+import type { DiskOperation, IncomingRequest, ServerEffect, ServerLimits, ServerTimings } from '../core/server.ts';
 import { ServerCore } from '../core/server.ts';
 import { decodeMessage, encodeMessage } from '../protocol/codec.ts';
 import type { ClusterMap, PeerMessage } from '../protocol/messages.ts';
@@ -137,6 +137,26 @@ export async function startServerProcess(config: ServerProcessConfig): Promise<R
       });
   };
 
+  // A resetLog (after a snapshot install, or before one) may reach the disk only once the state
+  // store holds what it relies on (the core's contract): it and every disk operation after it
+  // wait for LMDB to be durable, in order. Otherwise a crash could leave a log that starts after
+  // a snapshot the store does not hold, and the restart would discard entries already acknowledged.
+  let diskGate: Promise<void> | null = null;
+  const submitDisk = (operationId: number, operation: DiskOperation): void => {
+    if (operation.type === 'resetLog' || diskGate !== null) {
+      const gate: Promise<void> = (diskGate ?? Promise.resolve())
+        .then(() => (operation.type === 'resetLog' ? store.flushed() : undefined))
+        .then(() => log.submit(operationId, operation))
+        .catch((error: unknown) => log.onError(error as Error))
+        .finally(() => {
+          if (diskGate === gate) diskGate = null;
+        });
+      diskGate = gate;
+      return;
+    }
+    log.submit(operationId, operation);
+  };
+
   const run = (effects: ServerEffect[]): void => {
     metrics.onEffects(effects);
     for (const effect of effects) {
@@ -148,7 +168,7 @@ export async function startServerProcess(config: ServerProcessConfig): Promise<R
           transport.send(MANAGER, encodeMessage(effect.message));
           break;
         case 'disk':
-          log.submit(effect.operationId, effect.operation);
+          submitDisk(effect.operationId, effect.operation);
           break;
         case 'reply': {
           const resolve = waiting.get(effect.requestId);
