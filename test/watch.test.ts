@@ -187,7 +187,6 @@ class FakeCore implements WatchedCore {
   committed = seq(0);
   isMain = true;
   isInstallingSnapshot = false;
-  private readonly log = new Map<number, LogEntry>();
   private readonly state: KvState;
 
   constructor(private readonly hub: WatchHub) {
@@ -195,15 +194,10 @@ class FakeCore implements WatchedCore {
     hub.attach(this);
   }
 
-  entryAt(at: number): LogEntry | undefined {
-    return this.log.get(at);
-  }
-
   write(...writes: Write[]): void {
     const entries = writes.map((write) => {
       const entry: LogEntry = { epoch: epoch(1), seq: seq(this.committed + 1), write };
       this.committed = entry.seq;
-      this.log.set(entry.seq, entry);
       return entry;
     });
     this.state.apply(entries);
@@ -220,7 +214,7 @@ class FakeCore implements WatchedCore {
 const putWrite = (key: string, value: string | Uint8Array): Write => ({ type: 'put', key, value: typeof value === 'string' ? utf8.encode(value) : value });
 
 async function startHub(limits: Partial<WatchLimits> = {}): Promise<{ hub: WatchHub; core: FakeCore; url: string; server: Server }> {
-  const hub = new WatchHub(new MemoryKvStore(), { sessionsMax: 10, logger: pino({ level: 'silent' }), limits });
+  const hub = new WatchHub(new MemoryKvStore(), { logger: pino({ level: 'silent' }), limits });
   const core = new FakeCore(hub);
   const server = createServer((request: IncomingMessage, response: ServerResponse) => {
     const headers: Record<string, string | undefined> = {};

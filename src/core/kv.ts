@@ -23,6 +23,29 @@ export interface KvBatch {
   appliedSeq: Seq;
   /** Epoch of the entry at appliedSeq: with appliedSeq it names the state's position in the log. */
   appliedEpoch: Epoch;
+  /**
+   * What each applied entry changed, in seq order, as the change stream reports it (GET /v1/watch,
+   * src/core/watch.ts). Set by KvState.apply; absent from batches that apply no entry (a snapshot
+   * install). Stores ignore it.
+   */
+  changes?: Change[];
+}
+
+/** One key changed by one applied entry. */
+export interface Change {
+  seq: Seq;
+  /** The epoch of the entry. */
+  epoch: Epoch;
+  /** Place among the changes of its seq (a transaction changes several keys at one seq), from 0. */
+  index: number;
+  /** Whether it is the last change of its seq. */
+  last: boolean;
+  type: 'put' | 'delete';
+  key: string;
+  /** The new value; puts only. */
+  value?: Uint8Array;
+  /** The key's version after the change: the seq of the change (SPEC.md section 9). */
+  version: number;
 }
 
 /**
@@ -160,7 +183,8 @@ export class KvState {
       assert((entries[i] as LogEntry).seq === this.appliedSeq + 1 + i,
         `apply must continue at appliedSeq + 1 with consecutive seqs (expected ${this.appliedSeq + 1 + i}, got ${(entries[i] as LogEntry).seq})`);
     }
-    const batch: KvBatch = { keys: new Map(), sessions: new Map(), appliedSeq: this.appliedSeq, appliedEpoch: this.appliedEpoch };
+    const changes: Change[] = [];
+    const batch: KvBatch = { keys: new Map(), sessions: new Map(), appliedSeq: this.appliedSeq, appliedEpoch: this.appliedEpoch, changes };
     const read = (key: string): StoredValue | undefined => {
       const pending = batch.keys.get(key);
       if (pending === null) return undefined;
@@ -181,8 +205,10 @@ export class KvState {
           continue;
         }
       }
+      const existedBefore = deletedKeys(entry.write).map((key) => read(key) !== undefined);
       const result = decide(entry.write, entry.seq, entry.epoch, read, batch.keys);
       outcomes.push({ seq: entry.seq, result, duplicate: false });
+      recordChanges(entry, result, existedBefore, changes);
       if (session !== undefined) {
         sessions.record({ clientId: session.clientId, requestId: session.requestId, result, lastSeq: entry.seq });
       }
@@ -281,6 +307,38 @@ function decide(write: Write, at: Seq, epoch: Epoch, read: Reader, changes: Map<
     default:
       return unreachable(write, 'Unknown write type');
   }
+}
+
+/** The keys a write may delete, in a fixed order (recordChanges reads their prior existence). */
+function deletedKeys(write: Write): string[] {
+  if (write.type === 'delete') return [write.key];
+  if (write.type !== 'txn') return [];
+  return [...write.success, ...write.failure].filter((operation) => operation.type === 'delete').map((operation) => operation.key);
+}
+
+/**
+ * Append what one applied (not absorbed) entry changed: its net change per key, in the order the
+ * keys were first written (a transaction that writes a key twice changes it once), leaving out
+ * deletes of keys that did not exist before the entry (nothing a reader can see changed).
+ */
+function recordChanges(entry: LogEntry, result: WriteResult, existedBefore: readonly boolean[], changes: Change[]): void {
+  const write = entry.write;
+  const operations: readonly Operation[] = write.type === 'put' || write.type === 'delete'
+    ? (result.status === 'ok' ? [write] : [])
+    : write.type === 'txn' ? (result.status === 'txn' && result.succeeded ? write.success : write.failure) : [];
+  if (operations.length === 0) return;
+  const existed = new Map<string, boolean>();
+  deletedKeys(write).forEach((key, i) => existed.set(key, existedBefore[i] as boolean));
+  const final = new Map<string, Uint8Array | null>();
+  for (const operation of operations) final.set(operation.key, operation.type === 'put' ? operation.value : null);
+  const first = changes.length;
+  for (const [key, value] of final) {
+    if (value === null && existed.get(key) !== true) continue;
+    const change: Change = { seq: entry.seq, epoch: entry.epoch, index: changes.length - first, last: false, type: value === null ? 'delete' : 'put', key, version: entry.seq };
+    if (value !== null) change.value = value;
+    changes.push(change);
+  }
+  if (changes.length > first) (changes[changes.length - 1] as Change).last = true;
 }
 
 function applyOperation(operation: Operation, at: Seq, changes: Map<string, StoredValue | null>): void {

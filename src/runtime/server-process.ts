@@ -82,7 +82,7 @@ export async function startServerProcess(config: ServerProcessConfig): Promise<R
   const bugs = plantedBugsFromEnv(process.env);
   if (bugs.size > 0) logger.warn({ bugs: [...bugs] }, 'Planted protocol bugs are on (MAINSTAY_PLANTED_BUGS): this server is unsafe by design');
   // The change stream (GET /v1/watch) records what each entry changes as the core applies it.
-  const watches = new WatchHub(store, { sessionsMax: config.limits.sessionsMax, logger });
+  const watches = new WatchHub(store, { logger });
   const core = new ServerCore({ id, timings: config.timings, limits: config.limits, bugs, checksum: (bytes) => zlibCrc32(bytes) }, {
     meta: recovered.meta, entries: recovered.entries, firstSeq: recovered.firstSeq, baseEpoch: recovered.baseEpoch,
     corruptionFound: recovered.corruptionFound, bootId, store: watches.store,

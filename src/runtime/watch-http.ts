@@ -12,7 +12,7 @@
 import type { ServerResponse } from 'node:http';
 import type { Logger } from 'pino';
 import type { KvStore } from '../core/kv.ts';
-import type { Change, ChangePosition, ChangeSource } from '../core/watch.ts';
+import type { Change, ChangePosition } from '../core/watch.ts';
 import { ChangeRecorder, comparePositions } from '../core/watch.ts';
 import { assert } from '../lib/assert.ts';
 import type { Seq } from '../protocol/types.ts';
@@ -47,7 +47,9 @@ export const defaultWatchLimits: Readonly<WatchLimits> = Object.freeze({
 });
 
 /** What the hub reads from the server core (ServerCore has all of it). */
-export interface WatchedCore extends ChangeSource {
+export interface WatchedCore {
+  /** True while the state is being replaced by a snapshot (no stream can be served meanwhile). */
+  readonly isInstallingSnapshot: boolean;
   /** The log's first seq: changes of older seqs are forgotten. */
   readonly firstSeq: Seq;
   /** Where a stream without fromSeq starts. */
@@ -56,8 +58,6 @@ export interface WatchedCore extends ChangeSource {
 }
 
 export interface WatchHubOptions {
-  /** The state machine's sessionsMax (the recorder replays sessions as the state machine does). */
-  sessionsMax: number;
   logger: Logger;
   limits?: Partial<WatchLimits>;
   /** The clock for stall detection (default performance.now). */
@@ -84,7 +84,7 @@ export class WatchHub {
     assert(this.limits.heartbeatMs >= 1 && this.limits.stalledMsMax >= this.limits.heartbeatMs, 'stalledMsMax must be at least heartbeatMs');
     this.logger = options.logger;
     this.nowMs = options.nowMs ?? (() => performance.now());
-    this.recorder = new ChangeRecorder(store, { sessionsMax: options.sessionsMax, changesMax: this.limits.historyChangesMax });
+    this.recorder = new ChangeRecorder(store, { changesMax: this.limits.historyChangesMax });
   }
 
   /** The store to give the server core in place of the real one. */
@@ -94,7 +94,6 @@ export class WatchHub {
 
   /** The core that applies through `store`; call right after constructing it. */
   attach(core: WatchedCore): void {
-    this.recorder.attach(core);
     this.core = core;
     this.wasMain = core.isMain;
   }
