@@ -58,7 +58,7 @@ export interface ServerConfig {
   timings: ServerTimings;
   limits: ServerLimits;
   bugs?: PlantedBugs;
-  /** CRC-32 (IEEE) for snapshot chunks; the pure one by default, zlib's in the server process. */
+  /** CRC-32 (IEEE) for snapshot chunks: src/lib/crc32.ts by default; a shell may pass a faster function with the same values. */
   checksum?: (bytes: Uint8Array) => number;
 }
 
@@ -697,14 +697,25 @@ export class ServerCore {
 
   // ---------------------------------------------------------------- standby side
 
-  private onAppend(from: ServerId, message: AppendMessage): void {
-    if (message.epoch < this.promisedEpoch && !this.bugs.has('acceptLowerEpochAppend')) {
-      this.replyToMain(from, message.generation, 'staleEpoch');
-      return;
+  /**
+   * The common first step of every message a main sends a standby: a stale one is answered
+   * 'staleEpoch', a newer epoch is adopted (a main of an older one steps down), and the sender
+   * becomes this server's main. False if the message is not for a standby to handle.
+   */
+  private acceptFromMain(from: ServerId, messageEpoch: Epoch, generation: number, acceptStale = false): boolean {
+    if (messageEpoch < this.promisedEpoch && !acceptStale) {
+      this.replyToMain(from, generation, 'staleEpoch');
+      return false;
     }
-    this.adoptEpoch(message.epoch);
-    assert(!(this.role === 'main' && message.epoch === this.promisedEpoch), `two mains in epoch ${message.epoch}`);
-    if (this.role === 'main') return; // Only reachable with a planted bug: an older main's append.
+    this.adoptEpoch(messageEpoch);
+    assert(!(this.role === 'main' && messageEpoch === this.promisedEpoch), `two mains in epoch ${messageEpoch}`);
+    if (this.role === 'main') return false; // Only reachable with a planted bug: an older main's message.
+    this.mainId = from;
+    return true;
+  }
+
+  private onAppend(from: ServerId, message: AppendMessage): void {
+    if (!this.acceptFromMain(from, message.epoch, message.generation, this.bugs.has('acceptLowerEpochAppend'))) return;
     if (this.installing !== undefined) {
       // The main that sends a snapshot sends no entries meanwhile: a late message, or the main
       // gave up on the snapshot. Say where this server is (nothing yet); if the main is still
@@ -715,7 +726,6 @@ export class ServerCore {
       }
       this.abandonInstall();
     }
-    this.mainId = from;
     this.ackQuorumFromMain = message.ackQuorum;
     // Logs that hold the same (seq, epoch) hold the same entries up to it. Below this log's start
     // that is checked at its base (the entry at firstSeq - 1), which the append must carry.
@@ -759,13 +769,7 @@ export class ServerCore {
   }
 
   private onHeartbeat(from: ServerId, message: HeartbeatMessage): void {
-    if (message.epoch < this.promisedEpoch) {
-      this.replyToMain(from, 0, 'staleEpoch');
-      return;
-    }
-    this.adoptEpoch(message.epoch);
-    if (this.role === 'main') return;
-    this.mainId = from;
+    if (!this.acceptFromMain(from, message.epoch, 0)) return;
     this.ackQuorumFromMain = message.ackQuorum;
     const applied = this.kv.appliedSeq;
     if (this.ackQuorum === 0 && applied > this.matchedSeq && applied > message.lastSeq) {
@@ -1254,13 +1258,7 @@ export class ServerCore {
   }
 
   private onSnapshotChunk(from: ServerId, message: SnapshotChunkMessage): void {
-    if (message.epoch < this.promisedEpoch) {
-      this.replyToMain(from, 0, 'staleEpoch');
-      return;
-    }
-    this.adoptEpoch(message.epoch);
-    if (this.role === 'main') return;
-    this.mainId = from;
+    if (!this.acceptFromMain(from, message.epoch, 0)) return;
     const ack = (index: number): void => this.send(from, { type: 'snapshotAck', epoch: this.promisedEpoch, snapshotId: message.snapshotId, index });
     if (this.checksum(encodeSnapshotPayload(message.items, message.sessions)) !== message.checksum) {
       this.event('warn', 'staleMessage', `Snapshot chunk ${message.index} from ${from} failed its checksum; waiting for it again`);
