@@ -10,31 +10,23 @@ import { mkdtemp, readdir, readFile, rm, stat, writeFile } from 'node:fs/promise
 import { createServer, type Server } from 'node:http';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { Writable } from 'node:stream';
 import { after, describe, it } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { connect } from '../src/client/client.ts';
-import type { BackupResult, CommandOutput } from '../src/cli/backup.ts';
+import type { BackupResult } from '../src/cli/backup.ts';
 import { runBackup, runRestore } from '../src/cli/backup.ts';
 import { epoch as toEpoch, seq as toSeq } from '../src/protocol/types.ts';
 import { handleSnapshotRequest, snapshotHeaders } from '../src/runtime/snapshot-http.ts';
 import type { BackupItem } from '../src/storage/backup-format.ts';
 import { BackupDecoder } from '../src/storage/backup-format.ts';
 import { openLmdbStore } from '../src/storage/lmdb-store.ts';
-import { freePorts, http, TestCluster, waitFor } from './harness.ts';
+import { capture, freePorts, http, TestCluster, waitFor } from './harness.ts';
 
 const entry = fileURLToPath(new URL('../src/cli/main.ts', import.meta.url));
 const cleanups: (() => Promise<void>)[] = [];
 after(async () => {
   for (const cleanup of cleanups.reverse()) await cleanup().catch(() => {});
 });
-
-/** Output that a test keeps instead of printing. */
-function capture(): CommandOutput & { text: () => string } {
-  const chunks: string[] = [];
-  const sink = (): Writable => new Writable({ write(chunk: Buffer, _encoding, done) { chunks.push(chunk.toString()); done(); } });
-  return { stdout: sink(), stderr: sink(), text: () => chunks.join('') };
-}
 
 async function temporaryDirectory(): Promise<string> {
   const directory = await mkdtemp(join(tmpdir(), 'mainstay-backup-test-'));

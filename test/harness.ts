@@ -7,7 +7,9 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { Writable } from 'node:stream';
 import { fileURLToPath } from 'node:url';
+import type { CommandOutput } from '../src/cli/backup.ts';
 
 const entry = fileURLToPath(new URL('../src/cli/main.ts', import.meta.url));
 
@@ -223,4 +225,11 @@ export class TestCluster {
     await Promise.all([this.manager, ...this.servers].map((info) => this.kill(info)));
     await rm(this.dataDir, { recursive: true, force: true });
   }
+}
+
+/** Output of an in-process CLI command that a test keeps instead of printing. */
+export function capture(): CommandOutput & { text: () => string } {
+  const chunks: string[] = [];
+  const sink = (): Writable => new Writable({ write(chunk: Buffer, _encoding, done) { chunks.push(chunk.toString()); done(); } });
+  return { stdout: sink(), stderr: sink(), text: () => chunks.join('') };
 }

@@ -10,30 +10,22 @@ import { spawn } from 'node:child_process';
 import { cp, mkdir, mkdtemp, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { Writable } from 'node:stream';
 import { after, describe, it } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { crc32 } from 'node:zlib';
 import { connect } from '../src/client/client.ts';
-import type { CommandOutput } from '../src/cli/backup.ts';
 import { runBackup, runRestore } from '../src/cli/backup.ts';
 import { epoch, seq } from '../src/protocol/types.ts';
 import { openLmdbStore } from '../src/storage/lmdb-store.ts';
 import { archiveFileName, listArchive, planReplay } from '../src/storage/log-archive.ts';
 import { encodeRecords } from '../src/storage/log-format.ts';
-import { freePorts, http, TestCluster, waitFor } from './harness.ts';
+import { capture, freePorts, http, TestCluster, waitFor } from './harness.ts';
 
 const entry = fileURLToPath(new URL('../src/cli/main.ts', import.meta.url));
 const cleanups: (() => Promise<void>)[] = [];
 after(async () => {
   for (const cleanup of cleanups.reverse()) await cleanup().catch(() => {});
 });
-
-function capture(): CommandOutput & { text: () => string } {
-  const chunks: string[] = [];
-  const sink = (): Writable => new Writable({ write(chunk: Buffer, _encoding, done) { chunks.push(chunk.toString()); done(); } });
-  return { stdout: sink(), stderr: sink(), text: () => chunks.join('') };
-}
 
 async function temporaryDirectory(): Promise<string> {
   const directory = await mkdtemp(join(tmpdir(), 'mainstay-pitr-test-'));

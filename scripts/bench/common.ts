@@ -5,7 +5,6 @@
 import { spawn, type ChildProcess, type SpawnOptions } from 'node:child_process';
 import { readFileSync, readdirSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
-import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { build, type Histogram } from 'hdr-histogram-js';
@@ -106,16 +105,8 @@ export function cleanUpOnSignals(): void {
 
 // ---------------------------------------------------------------- ports and waiting
 
-export async function freePorts(count: number): Promise<number[]> {
-  const servers = await Promise.all(Array.from({ length: count }, () => new Promise<ReturnType<typeof createServer>>((resolve, reject) => {
-    const server = createServer();
-    server.once('error', reject);
-    server.listen(0, '127.0.0.1', () => resolve(server));
-  })));
-  const ports = servers.map((server) => (server.address() as { port: number }).port);
-  await Promise.all(servers.map((server) => new Promise((resolve) => server.close(resolve))));
-  return ports;
-}
+// The same helper the tests use.
+export { freePorts } from '../../test/harness.ts';
 
 /**
  * Probe until it returns a value; throws after timeoutMs with the last error, or at once when
