@@ -82,9 +82,17 @@ export type ManagerEffect =
   | { kind: 'persist'; persistId: number; state: ManagerState }
   | { kind: 'event'; level: 'info' | 'warn' | 'debug'; message: string; event?: ManagerEvent };
 
+/** Why a failover started, in few values (for counters); `reason` says it in words. */
+export type FailoverCause =
+  | 'initial' | 'mainRestarted' | 'mainDidNotStart' | 'mainSilent' | 'mainConnectionClosed' | 'mainIsolated' | 'switchover';
+
+export const failoverCauses: readonly FailoverCause[] = [
+  'initial', 'mainRestarted', 'mainDidNotStart', 'mainSilent', 'mainConnectionClosed', 'mainIsolated', 'switchover',
+];
+
 /** Notable events, for counters, logs and the dashboard's timeline. */
 export type ManagerEvent =
-  | { type: 'failoverStarted'; epoch: Epoch; reason: string }
+  | { type: 'failoverStarted'; epoch: Epoch; cause: FailoverCause; reason: string }
   | { type: 'fenceQuorumWait'; epoch: Epoch; have: number; need: number }
   | { type: 'appointed'; epoch: Epoch; main: ServerId; reason: string; tookMs: number }
   | { type: 'switchoverRequested'; target: ServerId }
@@ -235,7 +243,7 @@ export class ManagerCore {
     if (switchover !== undefined && this.state.phase === 'stable' && from === this.state.main
       && ready.epoch === this.state.epoch && ready.target === switchover.target) {
       this.switchover = undefined;
-      this.startFailover(`planned switchover from ${from} to ${switchover.target}`, switchover.target);
+      this.startFailover('switchover', `planned switchover from ${from} to ${switchover.target}`, switchover.target);
     }
     return this.end();
   }
@@ -405,7 +413,7 @@ export class ManagerCore {
       this.fencesSent = true;
       this.sendFences(true);
     } else if (this.state.main === null) {
-      this.startFailover('the cluster has no main yet');
+      this.startFailover('initial', 'the cluster has no main yet');
     } else {
       this.broadcast();
     }
@@ -503,11 +511,11 @@ export class ManagerCore {
       this.mainBootId ??= status.bootId;
     }
     if (status !== undefined && this.mainBootId !== undefined && status.bootId !== this.mainBootId) {
-      this.startFailover(`the main ${main} restarted`);
+      this.startFailover('mainRestarted', `the main ${main} restarted`);
       return;
     }
     if (this.mainBootId === undefined && this.now - this.appointedMs >= timings.failoverAfterMs && status !== undefined) {
-      this.startFailover(`the appointed main ${main} did not start acting as main`);
+      this.startFailover('mainDidNotStart', `the appointed main ${main} did not start acting as main`);
       return;
     }
 
@@ -517,7 +525,7 @@ export class ManagerCore {
     if (status === undefined && silentMs >= timings.failoverAfterMs) {
       const reporters = this.standbys(main).map((member) => this.fresh(member.id)).filter((s): s is StatusMessage => s !== undefined);
       if (reporters.length > 0 && reporters.every((s) => !s.contacts.includes(main))) {
-        this.startFailover(`the main ${main} is silent for ${silentMs} ms and no standby hears it`);
+        this.startFailover('mainSilent', `the main ${main} is silent for ${silentMs} ms and no standby hears it`);
         return;
       }
     }
@@ -527,7 +535,7 @@ export class ManagerCore {
     if (this.mainLostMs !== undefined && this.now - this.mainLostMs >= timings.lostFailoverMs) {
       const reporters = this.standbys(main).map((member) => this.fresh(member.id)).filter((s): s is StatusMessage => s !== undefined);
       if (reporters.length > 0 && reporters.every((s) => !s.contacts.includes(main))) {
-        this.startFailover(`the main ${main}'s connection closed ${Math.round(this.now - this.mainLostMs)} ms ago, it has not come back, and no standby hears it`);
+        this.startFailover('mainConnectionClosed', `the main ${main}'s connection closed ${Math.round(this.now - this.mainLostMs)} ms ago, it has not come back, and no standby hears it`);
         return;
       }
     }
@@ -537,7 +545,7 @@ export class ManagerCore {
     if (status !== undefined && quorum > 0 && status.role === 'main' && status.standbysInContact < quorum) {
       this.mainIsolatedSinceMs ??= this.now;
       if (this.now - this.mainIsolatedSinceMs >= timings.failoverAfterMs && this.someCandidateCouldCommit(main)) {
-        this.startFailover(`the main ${main} cannot reach ${quorum} standbys`);
+        this.startFailover('mainIsolated', `the main ${main} cannot reach ${quorum} standbys`);
         return;
       }
     } else {
@@ -558,7 +566,7 @@ export class ManagerCore {
 
   // ---------------------------------------------------------------- fenced failover
 
-  private startFailover(reason: string, preferredMain: ServerId | null = null): void {
+  private startFailover(cause: FailoverCause, reason: string, preferredMain: ServerId | null = null): void {
     assert(this.state.phase === 'stable', 'a failover is already in progress');
     this.switchover = undefined;
     const next = epoch(this.state.epoch + 1);
@@ -568,7 +576,7 @@ export class ManagerCore {
     this.lastWaitReport = '';
     this.announced = undefined;
     this.persist({ ...this.state, epoch: next, previousMain: this.state.main, main: null, phase: 'fencing', reason, preferredMain }, 'sendFences');
-    this.event('warn', `Failover to epoch ${next} started: ${reason}`, { type: 'failoverStarted', epoch: next, reason });
+    this.event('warn', `Failover to epoch ${next} started: ${reason}`, { type: 'failoverStarted', epoch: next, cause, reason });
   }
 
   /** Fence replies needed from standbys: S − K + 1 (any such set holds every committed entry). */

@@ -124,7 +124,7 @@ describe('timeline entries', () => {
     assert.equal(planned?.kind, 'switchover');
     const first = entryForEvent('info', 'x', event({ type: 'appointed', epoch: epoch(1), main: serverId('s1'), reason: 'the cluster has no main yet', tookMs: 900 }));
     assert.equal(first?.kind, 'appointment');
-    const fenced = entryForEvent('warn', 'x', event({ type: 'failoverStarted', epoch: epoch(3), reason: 'the main s1 restarted' }));
+    const fenced = entryForEvent('warn', 'x', event({ type: 'failoverStarted', epoch: epoch(3), cause: 'mainRestarted', reason: 'the main s1 restarted' }));
     assert.deepEqual([fenced?.kind, fenced?.detail], ['fence', 'Failover started: the main s1 restarted.']);
     assert.equal(entryForEvent('debug', 'chatter', undefined), undefined);
     assert.deepEqual(entryForEvent('warn', 'Something new', undefined), { kind: 'info', level: 'warn', title: 'Something new', detail: '' });

@@ -7,40 +7,18 @@
 
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { Counter, Gauge, Histogram, Registry } from 'prom-client';
-import type { ManagerCore, ManagerEvent } from '../core/manager.ts';
+import type { FailoverCause, ManagerCore, ManagerEvent } from '../core/manager.ts';
+import { failoverCauses } from '../core/manager.ts';
 import type { StatusMessage } from '../protocol/messages.ts';
 import { serverId } from '../protocol/types.ts';
 import type { TransportStatsSource } from './metrics.ts';
 import { registerProcessMetrics, registerTransportMetrics } from './metrics.ts';
 
-/**
- * Why a failover started, as a label with few values. The core states its reason in words
- * (ManagerCore.detectFailure, onSwitchoverReady, start); these match those sentences.
- */
-export type FailoverReasonKind =
-  | 'initial' | 'main_restarted' | 'main_did_not_start' | 'main_silent' | 'main_connection_closed'
-  | 'main_isolated' | 'switchover' | 'other';
-
-export const failoverReasonKinds: readonly FailoverReasonKind[] = [
-  'initial', 'main_restarted', 'main_did_not_start', 'main_silent', 'main_connection_closed', 'main_isolated', 'switchover', 'other',
-];
-
-const reasonPatterns: [RegExp, FailoverReasonKind][] = [
-  [/^the cluster has no main yet/, 'initial'],
-  [/^planned switchover /, 'switchover'],
-  [/^the appointed main .* did not start acting as main/, 'main_did_not_start'],
-  [/^the main .* restarted$/, 'main_restarted'],
-  [/^the main .*'s connection closed/, 'main_connection_closed'],
-  [/^the main .* is silent for /, 'main_silent'],
-  [/^the main .* cannot reach \d+ standbys/, 'main_isolated'],
-];
-
-export function failoverReasonKind(reason: string): FailoverReasonKind {
-  for (const [pattern, kind] of reasonPatterns) {
-    if (pattern.test(reason)) return kind;
-  }
-  return 'other';
-}
+/** The `reason` label of each failover cause the core reports (Prometheus label style). */
+const causeLabels: Record<FailoverCause, string> = {
+  initial: 'initial', mainRestarted: 'main_restarted', mainDidNotStart: 'main_did_not_start', mainSilent: 'main_silent',
+  mainConnectionClosed: 'main_connection_closed', mainIsolated: 'main_isolated', switchover: 'switchover',
+};
 
 /** Bounds of the failover duration histogram (fence to appointment), in seconds. */
 export const failoverSecondsBuckets = [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60];
@@ -69,10 +47,10 @@ export class ManagerMetrics {
     const statusFreshMs = options.statusFreshMs ?? 1000;
 
     this.failovers = new Counter({
-      name: 'mainstay_manager_failovers_total', help: 'Failovers started (epoch raised, servers fenced), by reason kind; "initial" is a new cluster\'s first appointment',
+      name: 'mainstay_manager_failovers_total', help: 'Failovers started (epoch raised, servers fenced), by cause; "initial" is a new cluster\'s first appointment',
       labelNames: ['reason'], registers: [registry],
     });
-    for (const reason of failoverReasonKinds) this.failovers.inc({ reason }, 0);
+    for (const cause of failoverCauses) this.failovers.inc({ reason: causeLabels[cause] }, 0);
     this.appointments = new Counter({ name: 'mainstay_manager_appointments_total', help: 'Mains appointed at the end of a failover', registers: [registry] });
     this.failoverSeconds = new Histogram({
       name: 'mainstay_manager_failover_seconds', help: 'Time from the start of a failover to the appointment of a main',
@@ -173,7 +151,7 @@ export class ManagerMetrics {
   onEvent(event: ManagerEvent | undefined): void {
     switch (event?.type) {
       case 'failoverStarted':
-        this.failovers.inc({ reason: failoverReasonKind(event.reason) });
+        this.failovers.inc({ reason: causeLabels[event.cause] });
         break;
       case 'appointed':
         this.appointments.inc();
