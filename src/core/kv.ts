@@ -309,10 +309,12 @@ function decide(write: Write, at: Seq, epoch: Epoch, read: Reader, changes: Map<
   }
 }
 
+const noKeys: readonly string[] = [];
+
 /** The keys a write may delete, in a fixed order (recordChanges reads their prior existence). */
-function deletedKeys(write: Write): string[] {
+function deletedKeys(write: Write): readonly string[] {
   if (write.type === 'delete') return [write.key];
-  if (write.type !== 'txn') return [];
+  if (write.type !== 'txn') return noKeys;
   return [...write.success, ...write.failure].filter((operation) => operation.type === 'delete').map((operation) => operation.key);
 }
 

@@ -540,6 +540,8 @@ export class ServerCore {
   private adoptEpoch(newEpoch: Epoch): void {
     if (newEpoch <= this.promisedEpoch) return;
     if (this.role === 'main') this.stepDown(`a higher epoch ${newEpoch} exists`);
+    // The main that sent the snapshot being installed can send no more of it.
+    if (this.installing !== undefined) this.abandonInstall();
     this.promisedEpoch = newEpoch;
     this.mainId = undefined;
     this.matchedSeq = seq(0);
@@ -839,6 +841,8 @@ export class ServerCore {
     assert(this.ackQuorum === 0 && this.kv.appliedSeq === 0, 'only an emptied K = 0 standby drops its log');
     this.event('warn', 'snapshotStarted', 'K = 0: the log is compacted and cannot rebuild the state; waiting for everything from the main');
     this.dropCount++;
+    // Nothing acknowledged before counts now: acknowledge afresh from nothing.
+    this.ackSentSeq = seq(0);
     this.log.reset(seq(1), epoch(0));
     this.durableSeq = seq(0);
     for (const pending of this.pendingDisk) pending.lastSeqAfter = seq(0);
@@ -1062,6 +1066,12 @@ export class ServerCore {
 
   /** Find where the peer's log stops matching: directly, or by the epoch-boundary rule. */
   private onMismatch(peer: Peer, reply: AppendReply): void {
+    if (reply.lastSeq < peer.matchSeq) {
+      // The peer emptied its log since it acknowledged matchSeq (K = 0 lost what it applied, or it
+      // installs a snapshot): what it holds now is all that counts, or every rewind would probe
+      // above its end forever.
+      peer.matchSeq = reply.lastSeq;
+    }
     const ownEpoch = this.log.epochAt(reply.lastSeq);
     const joinable = reply.lastSeq >= this.log.firstSeq - 1 && reply.lastSeq <= this.log.lastSeq && ownEpoch === reply.lastEpoch;
     if (!joinable && (reply.lastSeq < this.log.firstSeq - 1 || reply.lastEpoch < this.log.startEpoch)) {
@@ -1170,7 +1180,9 @@ export class ServerCore {
     const retention = this.config.limits.logRetentionEntries;
     if (this.log.length <= 2 * retention || this.installing !== undefined) return;
     // Only what a snapshot can show: a standby that needs an entry below the new start gets one.
-    const through = Math.min(this.kv.snapshotSeq, this.durableSeq, this.log.lastSeq - retention);
+    // And nothing a snapshot in flight continues from, or the standby would need another one.
+    let through = Math.min(this.kv.snapshotSeq, this.durableSeq, this.log.lastSeq - retention);
+    for (const peer of this.peers.values()) if (peer.snapshot !== undefined) through = Math.min(through, peer.snapshot.reader.seq);
     if (through < this.log.firstSeq) return;
     const throughEpoch = this.log.epochAt(through) as Epoch;
     this.log.compact(through);
@@ -1265,12 +1277,13 @@ export class ServerCore {
       return;
     }
     let installing = this.installing;
-    if (installing === undefined || installing.id !== message.snapshotId || installing.main !== from) {
+    if (installing === undefined || installing.id !== message.snapshotId || installing.main !== from || installing.epoch !== message.epoch) {
       if (message.index !== 0) {
         ack(-1);
         return;
       }
-      if (this.holdsEntry(message.seq, message.snapshotEpoch)) {
+      // A state already at or past the snapshot needs none (a late chunk of an older snapshot).
+      if (message.seq <= this.kv.appliedSeq || this.holdsEntry(message.seq, message.snapshotEpoch)) {
         // Installing would empty a log that may hold the last committed entry (the main decided
         // from a reply that was out of date): entries after the snapshot's seq will do.
         ack(-2);
@@ -1317,6 +1330,8 @@ export class ServerCore {
     this.event('info', 'snapshotStarted', `Emptied the state and the log to install ${what}`);
     this.kv.reset();
     this.dropCount++;
+    // Nothing acknowledged before counts now: acknowledge afresh from nothing.
+    this.ackSentSeq = seq(0);
     this.log.reset(seq(1), epoch(0));
     this.durableSeq = seq(0);
     for (const pending of this.pendingDisk) pending.lastSeqAfter = seq(0);
@@ -1343,6 +1358,7 @@ export class ServerCore {
     this.matchedSeq = message.seq;
     if (this.commitSeq < message.seq) this.commitSeq = message.seq;
     this.event('info', 'snapshotInstalled', `Installed a snapshot of the state at seq ${message.seq}; the log continues from seq ${message.seq + 1}`);
+    this.serveReads();
   }
 
   /** One confirmation round serves every linearizable read that arrived before it was sent. */

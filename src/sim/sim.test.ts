@@ -58,6 +58,9 @@ describe('simulator', () => {
       4499, // K = 0: a cut that emptied state and log went on cutting, and the server became main at seq 1
       2675, // an append from the main during an install it had given up was ignored forever
       8167, // checker: a log reset after a corruption cut forgot entries destroyed while durable
+      939, // a late chunk of an older snapshot emptied a standby whose state was already past it
+      4251, // K = 0: the main kept a standby's old matchSeq after it emptied its log, and probed above its end forever
+      9319, // an install whose main was gone kept the only complete server refusing to become main
     ];
     for (const seed of regressionSeeds) {
       const result = runSimulation({ seed });
