@@ -21,14 +21,14 @@ import { ChaosCluster } from './cluster.ts';
 import { Workload } from './workload.ts';
 
 export const nemesisKinds = [
-  'kill-main', 'kill-standby', 'kill-manager', 'pause-main', 'pause-standby', 'pause-manager',
+  'kill-main', 'kill-main-lagging', 'kill-standby', 'kill-manager', 'pause-main', 'pause-standby', 'pause-manager',
   'partition-main', 'partition-manager-main', 'partition-halves', 'partition-bridge', 'partition-one-way',
   'flap', 'delay', 'torn-tail', 'bit-flip', 'disk-eio', 'disk-full',
 ] as const;
 export type NemesisKind = (typeof nemesisKinds)[number];
 
 /** Faults after which a new main is expected (their recovery time is reported). */
-const mainTakingFaults = new Set<NemesisKind>(['kill-main', 'pause-main', 'partition-main', 'partition-one-way']);
+const mainTakingFaults = new Set<NemesisKind>(['kill-main', 'kill-main-lagging', 'pause-main', 'partition-main', 'partition-one-way']);
 
 export interface ChaosOptions {
   seconds: number;
@@ -258,6 +258,21 @@ async function injectFault(cluster: ChaosCluster, kind: NemesisKind, main: strin
       await sleep(durationMs);
       cluster.restart(target);
       return `kill -9 ${target}, restarted after ${durationMs} ms`;
+    }
+    case 'kill-main-lagging': {
+      // The main's appends stop reaching the standbys, then the main dies and what was in flight
+      // to them is lost with its connections: whatever it acknowledged must already have been on K
+      // standbys.
+      if (main === undefined || !cluster.isRunning(main)) return undefined;
+      for (const standby of standbys) cluster.block(main, standby, { kind: 'blackhole' }, true);
+      const heldMs = random.int(200, 800);
+      await sleep(heldMs);
+      await cluster.kill(main);
+      for (const standby of standbys) cluster.block(main, standby, { kind: 'reset' }, true);
+      cluster.healNetwork();
+      await sleep(durationMs);
+      cluster.restart(main);
+      return `nothing from ${main} reaches the standbys for ${heldMs} ms, then kill -9 ${main} (what was in flight is lost), restarted after ${durationMs} ms`;
     }
     case 'pause-main':
     case 'pause-standby':
