@@ -52,7 +52,9 @@ export interface TcpTransportOptions {
   queueMessagesMax?: number;
   /**
    * Reconnect delays: doubling from initialMs up to maxMs, each jittered to between half and all
-   * of it; default 50 ms to 2 s.
+   * of it; default 25 ms to 250 ms. The ceiling is low on purpose: a failover waits for the fence
+   * replies of servers that may have just restarted, so a peer must be found again within a
+   * fraction of a second of coming back; a connection attempt to a down peer costs next to nothing.
    */
   backoff?: { initialMs: number; maxMs: number };
   logger?: TransportLogger;
@@ -112,7 +114,7 @@ export interface TransportStats {
 
 const defaults = {
   queueMessagesMax: 10_000,
-  backoff: { initialMs: 50, maxMs: 2_000 },
+  backoff: { initialMs: 25, maxMs: 250 },
   batchBytesMax: 256 * 1024,
   connectTimeoutMs: 5_000,
   helloTimeoutMs: 5_000,
