@@ -50,7 +50,7 @@ export default tseslint.config(
   { files: ['src/protocol/**/*.ts'], ignores: ['**/*.test.ts'], rules: { ...pureRules, ...onlyImports(['lib', 'protocol']) } },
   { files: ['src/core/**/*.ts'], ignores: ['**/*.test.ts'], rules: { ...pureRules, ...onlyImports(['lib', 'protocol', 'core']) } },
   { files: ['src/transport/framing.ts', 'src/transport/hello.ts'], rules: { ...pureRules, ...onlyImports(['lib', 'protocol', 'transport']) } },
-  { files: ['src/server/http-api.ts'], rules: { ...pureRules, ...onlyImports(['lib', 'protocol', 'server']) } },
+  { files: ['src/server/http-api.ts', 'src/server/wire-api.ts'], rules: { ...pureRules, ...onlyImports(['lib', 'protocol', 'server']) } },
   { files: ['src/storage/backup-format.ts'], rules: { ...pureRules, ...onlyImports(['lib', 'protocol', 'core', 'storage']) } },
   { files: ['src/storage/log-format.ts'], rules: { ...pureRules, ...onlyImports(['lib', 'protocol', 'storage']) } },
   { files: ['src/sim/**/*.ts'], ignores: ['src/sim/main.ts', '**/*.test.ts'],

@@ -29,8 +29,10 @@ const usage = `Usage: npm run bench -- [options]
   --warmup SECONDS          warm-up before it, not counted (default 3)
   --value-bytes N           value size (default 100)
   --ack-quorum K            Mainstay's K (default 1)
-  --http-client KIND        undici, agent or fetch (default undici)
-  --compare-http-clients    run Mainstay once with each HTTP client
+  --http-client KIND        how clients talk to Mainstay: wire (the binary protocol), undici,
+                            agent or fetch (HTTP) (default wire)
+  --wire-connections N      wire connections the clients share (default 1)
+  --compare-http-clients    run Mainstay once with each client kind
   --no-sessions             Mainstay writes without Mainstay-Client-Id/Request-Id
   --etcd-channels N         gRPC channels the etcd clients share (default 1)
   --cpu-prof DIR            write CPU profiles of Mainstay's servers to DIR and summarise the main's per run
@@ -52,7 +54,8 @@ const { values } = parseArgs({ options: {
   warmup: { type: 'string', default: '3' },
   'value-bytes': { type: 'string', default: '100' },
   'ack-quorum': { type: 'string', default: '1' },
-  'http-client': { type: 'string', default: 'undici' },
+  'http-client': { type: 'string', default: 'wire' },
+  'wire-connections': { type: 'string', default: '1' },
   'compare-http-clients': { type: 'boolean', default: false },
   'no-sessions': { type: 'boolean', default: false },
   'etcd-channels': { type: 'string', default: '1' },
@@ -104,6 +107,7 @@ const warmupMs = wholeNumber('warmup', values.warmup, 0, 600) * 1000;
 const valueBytes = wholeNumber('value-bytes', values['value-bytes'], 1, 1_048_576);
 const ackQuorum = wholeNumber('ack-quorum', values['ack-quorum'], 0, 8);
 const etcdChannels = wholeNumber('etcd-channels', values['etcd-channels'], 1, 256);
+const wireConnections = wholeNumber('wire-connections', values['wire-connections'], 1, 1024);
 const operationsMax = wholeNumber('operations-max', values['operations-max'], 1);
 if (!(httpClientKinds as string[]).includes(values['http-client'])) fail(`--http-client: one of ${httpClientKinds.join(', ')}`);
 const httpClients: HttpClientKind[] = values['compare-http-clients'] ? httpClientKinds : [values['http-client'] as HttpClientKind];
@@ -222,7 +226,7 @@ try {
           : join(cpuProfileDir, `${servers}servers-${keys}keys${variant.httpClient === undefined ? '' : `-${variant.httpClient}`}`);
         let system: RunningSystem;
         if (variant.system === 'mainstay') {
-          system = await startMainstay({ servers, ackQuorum, keys, valueBytes, httpClient: variant.httpClient as HttpClientKind, sessions: !values['no-sessions'], serverFlags, log,
+          system = await startMainstay({ servers, ackQuorum, keys, valueBytes, httpClient: variant.httpClient as HttpClientKind, wireConnections, sessions: !values['no-sessions'], serverFlags, log,
             ...(profileDir === undefined ? {} : { cpuProfileDir: profileDir }) });
         } else if (variant.system === 'etcd') {
           system = await startEtcd({ servers, keys, valueBytes, channels: etcdChannels, log });
@@ -308,7 +312,7 @@ if (rows.length > 0) {
 if (values.json !== undefined) {
   await writeFile(values.json, `${JSON.stringify({ startedAt, machine, loadAverageBefore: loadBefore, loadAverageAfter: loadAfter, floor, floors, idle, results: rows,
     profiles: profiles.map((profile) => ({ run: profile.run, file: profile.file, ...profile.summary })),
-    options: { systems, workloads, keySizes, serverCounts, durationMs, warmupMs, valueBytes, ackQuorum, httpClients, sessions: !values['no-sessions'], etcdChannels } }, null, 2)}\n`);
+    options: { systems, workloads, keySizes, serverCounts, durationMs, warmupMs, valueBytes, ackQuorum, httpClients, wireConnections, sessions: !values['no-sessions'], etcdChannels } }, null, 2)}\n`);
   log(`\nWrote ${values.json}`);
 }
 process.exitCode = exitCode;

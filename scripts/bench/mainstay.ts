@@ -12,7 +12,10 @@ import { cp, mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Client as UndiciClient } from 'undici';
+import { WireConnection } from '../../src/client/wire.ts';
 import type { StoredValue } from '../../src/core/kv.ts';
+import type { ClientRequest } from '../../src/protocol/types.ts';
+import type { WireResponse } from '../../src/protocol/wire.ts';
 import { epoch, seq } from '../../src/protocol/types.ts';
 import { writeEmptyLogStart } from '../../src/storage/file-log.ts';
 import { openLmdbStore } from '../../src/storage/lmdb-store.ts';
@@ -28,8 +31,9 @@ const builtEpoch = epoch(3);
 /** Keys per LMDB transaction while building the state. */
 const buildBatchKeys = 10_000;
 
-export type HttpClientKind = 'undici' | 'agent' | 'fetch';
-export const httpClientKinds: HttpClientKind[] = ['undici', 'agent', 'fetch'];
+/** How the bench clients talk to the main: the binary wire protocol, or HTTP through one of three clients. */
+export type HttpClientKind = 'wire' | 'undici' | 'agent' | 'fetch';
+export const httpClientKinds: HttpClientKind[] = ['wire', 'undici', 'agent', 'fetch'];
 
 export interface MainstayOptions {
   servers: number;
@@ -37,6 +41,8 @@ export interface MainstayOptions {
   keys: number;
   valueBytes: number;
   httpClient: HttpClientKind;
+  /** With the wire protocol: connections the bench clients share, round robin. */
+  wireConnections: number;
   /** Send Mainstay-Client-Id and Mainstay-Request-Id with every write, as the client library does. */
   sessions: boolean;
   /** Write a CPU profile of every server process into this folder (node --cpu-prof). */
@@ -127,7 +133,9 @@ export async function startMainstay(options: MainstayOptions): Promise<RunningSy
       keys: options.keys,
       mainId,
       pids: () => processes.map((started) => started.pid),
-      openClients: (clients, runLabel) => openHttpClients(options.httpClient, mainUrl, clients, runLabel, options.sessions),
+      openClients: (clients, runLabel) => (options.httpClient === 'wire'
+        ? openWireClients(mainUrl, clients, options.wireConnections, runLabel, options.sessions)
+        : openHttpClients(options.httpClient, mainUrl, clients, runLabel, options.sessions)),
       async check() {
         const now = await cluster();
         if (now.epoch !== startEpoch || now.main !== mainId) return `a failover happened (epoch ${startEpoch} → ${now.epoch}, main ${mainId} → ${now.main})`;
@@ -147,6 +155,39 @@ export async function startMainstay(options: MainstayOptions): Promise<RunningSy
   }
 }
 
+// ---------------------------------------------------------------- wire protocol clients
+
+/**
+ * Clients of one run over the binary wire protocol: `connectionCount` connections to the main,
+ * bench client i on connection i mod connectionCount (each client still has one request in
+ * flight; a connection carries the requests of its clients at once). Sessions as over HTTP.
+ */
+export async function openWireClients(mainUrl: string, clients: number, connectionCount: number, runLabel: string, sessions: boolean): Promise<ClientSet> {
+  const sockets = await Promise.all(Array.from({ length: Math.min(clients, connectionCount) }, () => WireConnection.connect(mainUrl)));
+  const requestIds = new Array<number>(clients).fill(0);
+  const connections = Array.from({ length: clients }, (_, i): Connection => {
+    const socket = sockets[i % sockets.length] as WireConnection;
+    const clientId = `bench-${runLabel}-${i}`;
+    return {
+      async put(key, value) {
+        const request: ClientRequest = { type: 'write', write: { type: 'put', key, value } };
+        if (sessions) request.session = { clientId, requestId: ++(requestIds[i] as number) };
+        const response = await socket.request(request);
+        if (response.type !== 'write') throw wireError('PUT', key, response);
+      },
+      async get(key) {
+        const response = await socket.request({ type: 'read', key, consistency: 'linearizable' });
+        if (response.type !== 'read' || response.item === undefined) throw wireError('GET', key, response);
+      },
+    };
+  });
+  return { connections, close: async () => { for (const socket of sockets) socket.close(); } };
+}
+
+function wireError(method: string, key: string, response: WireResponse): Error {
+  return new Error(`${method} ${key}: ${response.type === 'error' ? `${response.error.code} ${response.error.message}` : `unexpected ${response.type} answer`}`);
+}
+
 // ---------------------------------------------------------------- HTTP clients
 
 /** Attempts that take longer than this fail (the server's own write timeout is 5 s). */
@@ -163,7 +204,7 @@ function statusError(method: string, key: string, status: number, body: string):
  * per bench client, request ids from 1 up), as the client library sends them, unless sessions is
  * false. Reads are linearizable (the default).
  */
-export async function openHttpClients(kind: HttpClientKind, mainUrl: string, clients: number, runLabel: string, sessions: boolean): Promise<ClientSet> {
+export async function openHttpClients(kind: Exclude<HttpClientKind, 'wire'>, mainUrl: string, clients: number, runLabel: string, sessions: boolean): Promise<ClientSet> {
   const clientIds = Array.from({ length: clients }, (_, i) => `bench-${runLabel}-${i}`);
   const requestIds = new Array<number>(clients).fill(0);
   const writeHeaders = (i: number): Record<string, string> => (sessions

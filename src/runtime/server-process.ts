@@ -28,6 +28,7 @@ import { formatHostPort, listen, parseHostPort } from './config.ts';
 import { DiskMetrics, ServerMetrics } from './metrics.ts';
 import { handleSnapshotRequest, snapshotPath } from './snapshot-http.ts';
 import { WatchHub } from './watch-http.ts';
+import { ClientFrontDoor } from './wire-server.ts';
 
 export interface ServerProcessConfig {
   id: string;
@@ -220,9 +221,10 @@ export async function startServerProcess(config: ServerProcessConfig): Promise<R
     run(core.onPeerMessage(now(), serverId(from), message as PeerMessage));
   };
 
-  const submit = (request: ClientRequest): Promise<ClientResponse> => new Promise((resolve) => {
+  // Requests that arrive in one event-loop turn, over HTTP or the wire protocol, reach the core together.
+  const enqueue = (request: ClientRequest, answer: (response: ClientResponse) => void): void => {
     const requestId = nextRequestId++;
-    waiting.set(requestId, resolve);
+    waiting.set(requestId, answer);
     batch.push({ requestId, request });
     if (batch.length === 1) {
       setImmediate(() => {
@@ -231,7 +233,8 @@ export async function startServerProcess(config: ServerProcessConfig): Promise<R
         run(core.onRequests(now(), requests));
       });
     }
-  });
+  };
+  const submit = (request: ClientRequest): Promise<ClientResponse> => new Promise((resolve) => enqueue(request, resolve));
 
   await transport.start();
   const ticker = setInterval(() => run(core.tick(now())), Math.max(5, Math.floor(config.timings.heartbeatMs / 2)));
@@ -296,8 +299,20 @@ export async function startServerProcess(config: ServerProcessConfig): Promise<R
     response.end(output.body);
   }
 
-  await listen(http, config.listenHttp);
-  const address = http.address() as { address: string; port: number };
+  // One port for both client protocols: the front door hands HTTP connections to `http`.
+  const frontDoor = new ClientFrontDoor({
+    http, limits: config.httpLimits, logger,
+    submit: (request, answer) => {
+      const started = now();
+      enqueue(request, (response) => {
+        metrics.observeRequest(request, response, now() - started);
+        answer(response);
+      });
+    },
+    mainAddress: (response) => (response.type === 'error' && response.error.main !== undefined ? memberAddress(core.currentMap, response.error.main) : undefined),
+  });
+  await listen(frontDoor.server, config.listenHttp);
+  const address = frontDoor.server.address() as { address: string; port: number };
   logger.info({ http: `${address.address}:${address.port}`, peer: formatHostPort(config.listenPeer) }, 'Server is listening');
 
   return {
@@ -308,9 +323,10 @@ export async function startServerProcess(config: ServerProcessConfig): Promise<R
       clearInterval(ticker);
       watches.close();
       // Stop accepting; let requests in progress finish briefly, then cut what is left.
-      const closed = new Promise<void>((resolve) => http.close(() => resolve()));
+      frontDoor.stop();
+      const closed = new Promise<void>((resolve) => frontDoor.server.close(() => resolve()));
       http.closeIdleConnections();
-      const grace = setTimeout(() => http.closeAllConnections(), 1000);
+      const grace = setTimeout(() => frontDoor.destroyAll(), 1000);
       await closed;
       clearTimeout(grace);
       await transport.close();

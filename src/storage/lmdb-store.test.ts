@@ -155,7 +155,8 @@ async function runChild(role: string, args: string[]): Promise<never> {
   assert.ok(dir !== undefined && seedText !== undefined, 'child needs a directory and a seed');
   const seed = Number(seedText);
   const shape = role === 'failed-write' ? largeShape : smallShape;
-  const store = await openLmdbStore(dir);
+  // No commit delay: transactions then end at many batch boundaries for a kill to land between.
+  const store = await openLmdbStore(dir, { commitDelayMs: 0 });
   const state = new KvState(store, { sessionsMax });
   const startedMs = performance.now();
   let batchIndex = 0;
@@ -324,8 +325,29 @@ describe('LmdbKvStore', () => {
     await store.close();
   }));
 
+  it('gathers the batches of commitDelayMs into one transaction, and sends them at once for flushed()', () => withDirectory(async (dir) => {
+    const store = await openLmdbStore(dir, { commitDelayMs: 60_000 });
+    for (let at = 1; at <= 10; at++) {
+      store.commit({ keys: new Map([[`k${at}`, stored(`v${at}`, at)]]), sessions: new Map(), appliedSeq: seq(at), appliedEpoch: epoch(1) });
+    }
+    await nextTurn();
+    await nextTurn();
+    assert.equal(store.pendingBatchCount, 10, 'nothing goes to LMDB before the delay');
+    assert.deepEqual(store.get('k10'), stored('v10', 10));
+    const started = performance.now();
+    await store.flushed();
+    assert.ok(performance.now() - started < 30_000, 'flushed() does not wait for the delay');
+    assert.equal(store.pendingBatchCount, 0);
+    await store.close();
+    const reopened = await openLmdbStore(dir);
+    assert.equal(reopened.appliedSeq(), 10);
+    assert.deepEqual(reopened.range('k', 20).length, 10);
+    await reopened.close();
+  }));
+
   it('keeps an overwritten key in the overlay until the later batch commits', () => withDirectory(async (dir) => {
-    const store = await openLmdbStore(dir);
+    // No delay, so that transactions commit between the event turns of the test.
+    const store = await openLmdbStore(dir, { commitDelayMs: 0 });
     // Every batch overwrites key x while earlier batches commit one after another; after every
     // event turn x must show the last write, including the moments when LMDB has an older
     // batch's x and the newest batch is still pending.

@@ -3,9 +3,11 @@
 // one LMDB transaction, so a restart finds the state at a batch boundary and replays only the log
 // tail after appliedSeq (SPEC.md section 6).
 //
-// Writes are asynchronous: `commit` queues the batch for lmdb-js's write thread and returns; it
-// never waits for the disk. The write thread commits queued batches in transactions, several per
-// transaction when they queue up while it writes (group commit). Until its transaction has
+// Writes are asynchronous: `commit` queues the batch and returns; it never waits for the disk.
+// Batches gather for up to `commitDelayMs` (10 ms) and go to lmdb-js's write thread together, as
+// one transaction (group commit: one data-file sync per transaction, not per batch; the log makes
+// writes durable, so the delay costs no safety). `flushed()` and `committed()` send what is
+// gathered at once. Until its transaction has
 // committed, a batch lives in an in-memory overlay that every read consults first, so reads see
 // every committed batch at once (read-your-writes). `flushed()` says when everything committed so
 // far is on disk. If LMDB fails to write (disk full, I/O error), the store stops: `commit` throws,
@@ -77,7 +79,16 @@ const installBatchesInflightMax = 8;
 export interface LmdbStoreOptions {
   /** Initial size of the memory map; lmdb-js grows it as the data grows. */
   mapSizeBytes?: number;
+  /**
+   * How long queued batches wait for more before their LMDB transaction starts (default 10 ms).
+   * Every transaction costs a data-file sync; the log, not LMDB, makes a write durable, so grouping
+   * many batches per transaction costs no safety, only overlay memory for that long.
+   */
+  commitDelayMs?: number;
 }
+
+/** See LmdbStoreOptions.commitDelayMs. */
+export const defaultCommitDelayMs = 1000;
 
 /** A batch handed to LMDB whose transaction has not committed yet, with what it wrote. */
 interface InflightBatch {
@@ -110,6 +121,7 @@ export async function openLmdbStore(path: string, options: LmdbStoreOptions = {}
     // of its own that nobody handles, so a failed write would crash the process with an unhandled
     // rejection instead of failing the store.
     eventTurnBatching: false,
+    
     encoding: 'binary',
     keyEncoding: 'binary',
     ...(options.mapSizeBytes === undefined ? {} : { mapSize: options.mapSizeBytes }),
@@ -151,7 +163,7 @@ export async function openLmdbStore(path: string, options: LmdbStoreOptions = {}
     const applied = meta.getEntry(appliedKey);
     assert(applied !== undefined && applied.value.length === 2 * versionBytes && applied.version !== undefined,
       `The key-value store at ${path} has no valid applied position`);
-    const store = new LmdbKvStore(path, root, keys, sessions, meta, { ...decodeApplied(applied.value), batchId: applied.version });
+    const store = new LmdbKvStore(path, root, keys, sessions, meta, { ...decodeApplied(applied.value), batchId: applied.version }, options.commitDelayMs ?? defaultCommitDelayMs);
     store.installInterrupted = installInterrupted;
     return store;
   } catch (error) {
@@ -187,8 +199,14 @@ export class LmdbKvStore implements KvStore {
   /** The appliedSeq of the last batch LMDB committed: what a snapshot opened now shows. */
   private committedApplied: Seq;
   private appliedAtEpoch: Epoch;
-  /** Settles when the last batch has committed or failed, for `flushed`. */
+  /** Settles when the last batch handed to lmdb-js has committed or failed, for `flushed`. */
   private lastWrite: Promise<void> = Promise.resolve();
+  /** Batches waiting (commitDelayMs at most) to be handed to lmdb-js together, and their ids. */
+  private queued: (() => void)[] = [];
+  private queuedFirstId: number | null = null;
+  private queuedLastId = 0;
+  private queueTimer: ReturnType<typeof setTimeout> | null = null;
+  private readonly commitDelayMs: number;
   /** Set when LMDB failed to write: the store then refuses commits and `flushed` rejects. */
   private failure: Error | null = null;
   /** LMDB's own message for the first failed transaction, once lmdb-js has reported it. */
@@ -211,7 +229,10 @@ export class LmdbKvStore implements KvStore {
     private readonly sessions: Database<Buffer, Buffer>,
     private readonly meta: Database<Buffer, Buffer>,
     applied: { appliedSeq: Seq; appliedEpoch: Epoch; batchId: number },
+    commitDelayMs: number,
   ) {
+    assert(commitDelayMs >= 0, 'commitDelayMs must not be negative');
+    this.commitDelayMs = commitDelayMs;
     this.lastBatchId = applied.batchId;
     this.applied = applied.appliedSeq;
     this.committedApplied = applied.appliedSeq;
@@ -375,6 +396,7 @@ export class LmdbKvStore implements KvStore {
    * new read transaction, not necessarily synced); rejects if LMDB failed to write.
    */
   async committed(): Promise<void> {
+    this.startWrite();
     await this.lastWrite;
     if (this.failure !== null) throw this.failure;
   }
@@ -515,6 +537,7 @@ export class LmdbKvStore implements KvStore {
   async flushed(): Promise<void> {
     // The commit of the last batch first, then the fsync that follows it. lmdb-js's `flushed`
     // never settles after a failed transaction, hence the race with `failed`.
+    this.startWrite();
     await this.lastWrite;
     if (this.failure !== null) throw this.failure;
     await Promise.race([this.root.flushed, this.failed]);
@@ -556,20 +579,43 @@ export class LmdbKvStore implements KvStore {
    */
   private enqueue(batch: InflightBatch, writes: () => void): void {
     this.inflight.push(batch);
+    this.queued.push(writes);
+    this.queuedFirstId ??= batch.id;
+    this.queuedLastId = batch.id;
+    if (this.commitDelayMs === 0) this.startWrite();
+    else this.queueTimer ??= setTimeout(() => this.startWrite(), this.commitDelayMs);
+  }
+
+  /**
+   * Hand every queued batch to lmdb-js as one conditional write (one transaction, so one data-file
+   * sync for all of them), applied only if LMDB's `applied` record is still the batch before the
+   * first of them.
+   */
+  private startWrite(): void {
+    if (this.queueTimer !== null) clearTimeout(this.queueTimer);
+    this.queueTimer = null;
+    const group = this.queued;
+    const firstId = this.queuedFirstId;
+    const lastId = this.queuedLastId;
+    this.queued = [];
+    this.queuedFirstId = null;
+    if (group.length === 0 || firstId === null || this.failure !== null) return;
     let written: Promise<boolean>;
     try {
-      written = this.meta.ifVersion(appliedKey, batch.id - 1, writes);
+      written = this.meta.ifVersion(appliedKey, firstId - 1, () => {
+        for (const writes of group) writes();
+      });
     } catch (error) {
       // Nothing was checked to fail here; if lmdb-js refuses anyway, the overlay is ahead of what
       // will ever be on disk, so the store must not take more writes.
       this.fail(error);
-      throw this.failure;
+      return;
     }
     // Settles, never rejects: a failure is recorded in `failure` for commit, flushed and close.
     this.lastWrite = written.then(
       (applied) => {
-        if (applied) this.onCommitted(batch.id);
-        else this.fail(new Error(`LMDB skipped batch ${batch.id}: the store no longer follows batch ${batch.id - 1} `
+        if (applied) this.onCommitted(lastId);
+        else this.fail(new Error(`LMDB skipped batches ${firstId}–${lastId}: the store no longer follows batch ${firstId - 1} `
           + '(an earlier write failed, or another process writes this store)'));
       },
       (error: unknown) => this.fail(error),

@@ -1,0 +1,164 @@
+// One connection of the binary client protocol (src/protocol/wire.ts, docs/PROTOCOL.md) to one
+// server: many requests in flight at once, answers matched by tag. Requests issued in the same
+// event-loop turn leave in one socket write. It neither retries nor finds the main — the Client
+// (client.ts) does that over HTTP; this is the fast path for callers that talk to a known main
+// and handle NOT_MAIN themselves, and what `npm run bench` drives.
+
+import net from 'node:net';
+import type { ClientRequest } from '../protocol/types.ts';
+import { connectionTag, decodeWireResponse, encodeWireRequest, tagMax, wirePreamble, type WireResponse } from '../protocol/wire.ts';
+import { encodeFrames, FrameDecoder } from '../transport/framing.ts';
+
+export class WireConnectionError extends Error {
+  override name = 'WireConnectionError';
+  constructor(message: string, readonly sent: boolean) {
+    super(message);
+  }
+}
+
+export interface WireConnectOptions {
+  /** Give up connecting after this long (default 5 000 ms). */
+  connectTimeoutMs?: number;
+}
+
+interface Pending {
+  resolve(response: WireResponse): void;
+  reject(error: Error): void;
+}
+
+export class WireConnection {
+  private readonly pending = new Map<number, Pending>();
+  private nextTag = 1;
+  private out: Uint8Array[] = [];
+  private flushScheduled = false;
+  private failure: Error | null = null;
+  private readonly decoder = new FrameDecoder();
+
+  private constructor(private readonly socket: net.Socket) {}
+
+  /** Connect to `http://host:port` (a server's client address) or host and port. */
+  static async connect(address: string | { host: string; port: number }, options: WireConnectOptions = {}): Promise<WireConnection> {
+    const { host, port } = typeof address === 'string' ? hostPort(address) : address;
+    const socket = net.connect({ host, port, noDelay: true });
+    const timeoutMs = options.connectTimeoutMs ?? 5_000;
+    const greeting = await new Promise<Buffer>((resolve, reject) => {
+      const timer = setTimeout(() => fail(new Error(`No answer from ${host}:${port} within ${timeoutMs} ms`)), timeoutMs);
+      let received = Buffer.alloc(0);
+      const fail = (error: Error): void => {
+        clearTimeout(timer);
+        socket.destroy();
+        reject(error);
+      };
+      const onData = (chunk: Buffer): void => {
+        received = Buffer.concat([received, chunk]);
+        if (received.length < wirePreamble.length) return;
+        clearTimeout(timer);
+        socket.off('data', onData);
+        socket.off('error', fail);
+        socket.off('close', onClose);
+        socket.pause();
+        resolve(received);
+      };
+      const onClose = (): void => fail(new Error(`${host}:${port} closed the connection before greeting`));
+      socket.once('connect', () => socket.write(wirePreamble));
+      socket.on('data', onData);
+      socket.once('error', fail);
+      socket.once('close', onClose);
+    });
+    if (!greeting.subarray(0, wirePreamble.length).equals(wirePreamble)) {
+      socket.destroy();
+      throw new Error(`${host}:${port} does not speak the Mainstay wire protocol version 1`);
+    }
+    const connection = new WireConnection(socket);
+    socket.on('data', (chunk: Buffer) => connection.onData(chunk));
+    socket.on('error', (error) => connection.fail(error));
+    socket.on('close', () => connection.fail(new Error('the connection closed')));
+    const rest = greeting.subarray(wirePreamble.length);
+    if (rest.length > 0) connection.onData(rest);
+    socket.resume();
+    return connection;
+  }
+
+  /** Requests sent and not yet answered. */
+  get inflight(): number {
+    return this.pending.size;
+  }
+
+  get closed(): boolean {
+    return this.failure !== null;
+  }
+
+  /**
+   * Send one request; resolves with the server's answer (an error answer is an answer, not a
+   * rejection). Rejects with WireConnectionError when the connection fails first; `sent` says
+   * whether the request may have reached the server.
+   */
+  request(request: ClientRequest): Promise<WireResponse> {
+    if (this.failure !== null) return Promise.reject(new WireConnectionError(`Cannot send: ${this.failure.message}`, false));
+    const tag = this.takeTag();
+    this.out.push(encodeWireRequest(tag, request));
+    if (!this.flushScheduled) {
+      this.flushScheduled = true;
+      process.nextTick(() => this.flush());
+    }
+    return new Promise((resolve, reject) => this.pending.set(tag, { resolve, reject }));
+  }
+
+  close(): void {
+    this.fail(new Error('the connection was closed by its owner'));
+  }
+
+  private takeTag(): number {
+    for (;;) {
+      const tag = this.nextTag;
+      this.nextTag = tag === tagMax ? 1 : tag + 1;
+      if (tag !== connectionTag && !this.pending.has(tag)) return tag;
+    }
+  }
+
+  private flush(): void {
+    this.flushScheduled = false;
+    if (this.failure !== null || this.out.length === 0) return;
+    const frames = this.out;
+    this.out = [];
+    this.socket.write(encodeFrames(frames));
+  }
+
+  private onData(chunk: Buffer): void {
+    const { payloads, error } = this.decoder.push(chunk);
+    for (const payload of payloads) {
+      let decoded;
+      try {
+        decoded = decodeWireResponse(payload);
+      } catch (decodeError) {
+        this.fail(new Error(`An answer did not decode: ${(decodeError as Error).message}`));
+        return;
+      }
+      if (decoded.tag === connectionTag) {
+        const message = decoded.response.type === 'error' ? `${decoded.response.error.code}: ${decoded.response.error.message}` : 'unexpected answer';
+        this.fail(new Error(`The server closed the connection (${message})`));
+        return;
+      }
+      const waiter = this.pending.get(decoded.tag);
+      if (waiter === undefined) continue;
+      this.pending.delete(decoded.tag);
+      waiter.resolve(decoded.response);
+    }
+    if (error !== null) this.fail(error);
+  }
+
+  private fail(error: Error): void {
+    if (this.failure !== null) return;
+    this.failure = error;
+    this.socket.destroy();
+    const waiting = [...this.pending.values()];
+    this.pending.clear();
+    for (const waiter of waiting) waiter.reject(new WireConnectionError(error.message, true));
+  }
+}
+
+function hostPort(address: string): { host: string; port: number } {
+  const url = new URL(address.includes('://') ? address : `http://${address}`);
+  const port = Number(url.port || 80);
+  return { host: url.hostname.replace(/^\[|\]$/g, ''), port };
+}

@@ -1,0 +1,107 @@
+// The binary client protocol on a real 3-server cluster: it shares the HTTP port, carries many
+// requests at once on one connection, gives the same answers as HTTP (what one protocol writes,
+// the other reads), keeps writes exactly-once with sessions, redirects from a standby to the main,
+// and closes a connection that does not speak it.
+
+import assert from 'node:assert/strict';
+import net from 'node:net';
+import { after, before, describe, it } from 'node:test';
+import { WireConnection } from '../src/client/wire.ts';
+import { decodeWireResponse, wirePreamble } from '../src/protocol/wire.ts';
+import { FrameDecoder } from '../src/transport/framing.ts';
+import { http, TestCluster, type ServerInfo } from './harness.ts';
+
+const text = (value: string): Uint8Array => new TextEncoder().encode(value);
+
+describe('wire protocol', () => {
+  let cluster: TestCluster;
+  let main: ServerInfo;
+  before(async () => {
+    cluster = await TestCluster.start();
+    main = await cluster.waitForMain();
+  });
+  after(async () => {
+    await cluster?.close();
+  });
+
+  it('pipelines writes on one connection, each answered once, readable over HTTP on the same port', async () => {
+    const connection = await WireConnection.connect(main.url);
+    try {
+      const count = 500;
+      const answers = await Promise.all(Array.from({ length: count }, (_, i) =>
+        connection.request({ type: 'write', write: { type: 'put', key: `wire${i}`, value: text(`value ${i}`) }, session: { clientId: `wire-${i}`, requestId: 1 } })));
+      const seqs = answers.map((answer) => {
+        assert.equal(answer.type, 'write', JSON.stringify(answer));
+        return answer.type === 'write' ? answer.result.seq : 0;
+      });
+      assert.equal(new Set(seqs).size, count, 'every write has its own seq');
+      assert.equal(connection.inflight, 0);
+      for (const i of [0, 249, 499]) {
+        const response = await http(`${main.url}/v1/kv/wire${i}`);
+        assert.equal(response.status, 200);
+        assert.equal(response.text, `value ${i}`);
+        assert.equal(response.headers.get('etag'), `"${seqs[i]}"`);
+      }
+      // And HTTP writes are readable over the wire.
+      assert.equal((await http(`${main.url}/v1/kv/fromhttp`, { method: 'PUT', body: 'hello' })).status, 200);
+      const read = await connection.request({ type: 'read', key: 'fromhttp', consistency: 'linearizable' });
+      assert.equal(read.type, 'read');
+      if (read.type === 'read') assert.equal(new TextDecoder().decode(read.item?.value), 'hello');
+      const list = await connection.request({ type: 'list', prefix: 'wire4', limit: 1000, consistency: 'linearizable' });
+      assert.equal(list.type === 'list' ? list.items.length : -1, 111); // wire4, wire40..wire49, wire400..wire499
+    } finally {
+      connection.close();
+    }
+  });
+
+  it('answers a retried write of a session with the recorded result, and a failed condition as such', async () => {
+    const connection = await WireConnection.connect(main.url);
+    try {
+      const request = { type: 'write' as const, write: { type: 'put' as const, key: 'once', value: text('first') }, session: { clientId: 'wire-once', requestId: 7 } };
+      const first = await connection.request(request);
+      const again = await connection.request(request);
+      assert.equal(first.type, 'write');
+      assert.deepEqual(again, first);
+      const failed = await connection.request({ type: 'write', write: { type: 'put', key: 'once', value: text('x'), ifAbsent: true } });
+      assert.equal(failed.type === 'error' ? failed.error.code : failed.type, 'PRECONDITION_FAILED');
+      const refused = await connection.request({ type: 'read', key: '', consistency: 'linearizable' });
+      assert.equal(refused.type === 'error' ? refused.error.code : refused.type, 'BAD_REQUEST');
+      // A refused request leaves the connection usable.
+      const read = await connection.request({ type: 'read', key: 'once', consistency: 'linearizable' });
+      assert.equal(read.type === 'read' ? read.item?.version : -1, first.type === 'write' ? first.result.seq : -2);
+    } finally {
+      connection.close();
+    }
+  });
+
+  it('sends writes at a standby to the main with NOT_MAIN and the main\'s address', async () => {
+    const standby = cluster.servers.find((server) => server.id !== main.id) as ServerInfo;
+    const connection = await WireConnection.connect(standby.url);
+    try {
+      const answer = await connection.request({ type: 'write', write: { type: 'put', key: 'k', value: text('v') } });
+      assert.equal(answer.type, 'error');
+      if (answer.type === 'error') {
+        assert.equal(answer.error.code, 'NOT_MAIN');
+        assert.equal(answer.error.main, main.id);
+        assert.equal(answer.error.mainAddress, main.url);
+      }
+    } finally {
+      connection.close();
+    }
+  });
+
+  it('closes a connection with a wrong preamble, after an answer on the connection\'s tag', async () => {
+    const socket = net.connect({ host: '127.0.0.1', port: main.httpPort });
+    const decoder = new FrameDecoder();
+    const received: Buffer[] = [];
+    const closed = new Promise<void>((resolve) => socket.once('close', () => resolve()));
+    socket.on('data', (chunk: Buffer) => received.push(chunk));
+    socket.write(Uint8Array.of(wirePreamble[0] as number, 0x4d, 0x53, 0x09));
+    await closed;
+    const { payloads } = decoder.push(Buffer.concat(received));
+    assert.equal(payloads.length, 1);
+    const { tag, response } = decodeWireResponse(payloads[0] as Uint8Array);
+    assert.equal(tag, 0);
+    assert.equal(response.type === 'error' ? response.error.code : response.type, 'BAD_REQUEST');
+  });
+});
