@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import { checkLists, compareLogs, longestGap, percentiles, recoveryTimes } from './checks.ts';
+import { checkLists, compareLogs, encodeLogEntry, logEntryBytesShownMax, longestGap, percentiles, recoveryTimes } from './checks.ts';
 
 describe('chaos checks', () => {
   it('passes a clean list history and resolves unknown appends from the final list', () => {
@@ -49,5 +49,55 @@ describe('chaos checks', () => {
     const differ = compareLogs([{ server: 'a', firstSeq: 1, entries: ['x', 'y'] }, { server: 'b', firstSeq: 1, entries: ['x', 'q'] }]);
     assert.equal(differ.identical, false);
     assert.match(differ.difference as string, /differ at seq 2/);
+  });
+
+  it('encodes log entries compactly whatever the size of their values, and still tells every difference', () => {
+    const put = (seq: number, value: Uint8Array): unknown => ({ epoch: 3, seq, write: { type: 'put', key: 'list0', value }, session: { clientId: 'c', requestId: seq } });
+    // Short values are shown whole, in hex.
+    assert.equal(encodeLogEntry(put(1, new TextEncoder().encode('p1w7'))),
+      '{"epoch":3,"seq":1,"write":{"type":"put","key":"list0","value":"70317737"},"session":{"clientId":"c","requestId":1}}');
+    // A 1 MB value takes no more room than a small one, and a one-byte change (same length) shows.
+    const big = new Uint8Array(1 << 20).fill(0x61);
+    const changed = big.slice();
+    changed[big.length - 1] = 0x62;
+    const encoded = encodeLogEntry(put(2, big));
+    assert.ok(encoded.length < 250, encoded);
+    assert.match(encoded, /"value":\{"bytes":1048576,"sha256":"[0-9a-f]{64}"\}/);
+    assert.equal(encodeLogEntry(put(2, big.slice())), encoded);
+    // The file log hands back Buffers, whose toJSON must not get in first.
+    assert.equal(encodeLogEntry(put(2, Buffer.from(big))), encoded);
+    assert.equal(encodeLogEntry(put(1, Buffer.from('p1w7'))), encodeLogEntry(put(1, new TextEncoder().encode('p1w7'))));
+    assert.notEqual(encodeLogEntry(put(2, changed)), encoded);
+    // Either side of the threshold, and a view into a larger buffer encodes its own bytes only.
+    const edge = new Uint8Array(logEntryBytesShownMax + 1).fill(0x61);
+    assert.notEqual(encodeLogEntry(put(3, edge)), encodeLogEntry(put(3, edge.subarray(1))));
+    assert.equal(encodeLogEntry(put(3, edge.subarray(1))), encodeLogEntry(put(3, new Uint8Array(logEntryBytesShownMax).fill(0x61))));
+    const framed = new Uint8Array(300).fill(0x7a);
+    framed.set(big.subarray(0, 100), 100);
+    assert.equal(encodeLogEntry(put(4, framed.subarray(100, 200))), encodeLogEntry(put(4, big.slice(0, 100))));
+  });
+
+  it('compares the logs of a list-append workload in memory linear in the entries, not in the bytes', () => {
+    // The shape that ran the chaos harness out of heap: each append rewrites the whole list, so
+    // the values grow with the list and the log with the square of the appends (here 2,000
+    // appends, 2,001 entries, 14 MB of values per server; the chaos run's was 246 MB).
+    const encoder = new TextEncoder();
+    const serverLog = (server: string, lastElement: string): { server: string; firstSeq: number; entries: string[] } => {
+      const elements: string[] = [];
+      const entries = [encodeLogEntry({ epoch: 1, seq: 1, write: { type: 'epochStart' } })];
+      for (let i = 0; i < 2000; i++) {
+        elements.push(i === 1999 ? lastElement : `p${i % 6}a${i}`);
+        entries.push(encodeLogEntry({ epoch: 1, seq: i + 2, write: { type: 'put', key: 'list0', value: encoder.encode(elements.join(',')) } }));
+      }
+      return { server, firstSeq: 1, entries };
+    };
+    const a = serverLog('a', 'p0a1999');
+    const characters = a.entries.reduce((sum, entry) => sum + entry.length, 0);
+    assert.ok(characters < 2001 * 200, `${characters} characters of encoded entries`);
+    assert.deepEqual(compareLogs([a, serverLog('b', 'p0a1999'), serverLog('c', 'p0a1999')]), { identical: true, compared: 4002 });
+    // One element differing in the last, longest value is still a difference, at its seq.
+    const differ = compareLogs([a, serverLog('b', 'p0a1999'), serverLog('c', 'p1a1999')]);
+    assert.equal(differ.identical, false);
+    assert.match(differ.difference as string, /^a and c differ at seq 2001: /);
   });
 });

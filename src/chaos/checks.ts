@@ -3,6 +3,8 @@
 // the longest stretch without an acknowledged write, and whether every server's committed log is
 // the same. Pure: the harness hands them what it recorded.
 
+import { createHash } from 'node:crypto';
+
 export interface ListRead {
   key: string;
   /** The list as read (linearizable read of the key). */
@@ -121,8 +123,35 @@ export interface ServerLog {
   server: string;
   /** The seq of entries[0]. */
   firstSeq: number;
-  /** Each committed entry, encoded (any stable encoding: equal entries, equal strings). */
+  /** Each committed entry, encoded (any stable encoding: equal entries, equal strings; see encodeLogEntry). */
   entries: readonly string[];
+}
+
+/** Byte strings (put values) up to this many bytes are encoded whole; longer ones by length and digest. */
+export const logEntryBytesShownMax = 64;
+
+/**
+ * A stable encoding of a committed log entry for compareLogs, whose size does not grow with the
+ * values: equal entries give equal strings, and so do unequal ones only if SHA-256 collides. A
+ * byte string up to logEntryBytesShownMax bytes is shown whole, in hex; a longer one as
+ * `{ bytes, sha256 }`. The whole values cannot be kept: a list-append value is the whole list, so
+ * the log grows with the square of the appends (a 150 s run: 246 MB per server), and encoding
+ * every entry of every server in full (2.4 G characters, held at once) ran the harness out of heap.
+ * Byte strings are replaced before JSON.stringify sees them: a replacer would get a Buffer (what
+ * the file log returns) already turned into `{ type: 'Buffer', data: [...] }` by its toJSON.
+ */
+export function encodeLogEntry(entry: unknown): string {
+  const compact = (value: unknown): unknown => {
+    if (value instanceof Uint8Array) {
+      const bytes = Buffer.from(value.buffer, value.byteOffset, value.byteLength);
+      if (bytes.length <= logEntryBytesShownMax) return bytes.toString('hex');
+      return { bytes: bytes.length, sha256: createHash('sha256').update(bytes).digest('hex') };
+    }
+    if (Array.isArray(value)) return value.map(compact);
+    if (value !== null && typeof value === 'object') return Object.fromEntries(Object.entries(value).map(([name, field]) => [name, compact(field)]));
+    return value;
+  };
+  return JSON.stringify(compact(entry));
 }
 
 /** Whether every server's committed log agrees where they overlap; the first difference if not. */

@@ -16,7 +16,7 @@ import { join } from 'node:path';
 import { Random } from '../lib/random.ts';
 import { checkLinearizability } from '../sim/linearizability.ts';
 import { openFileLog } from '../storage/file-log.ts';
-import { checkLists, compareLogs, longestGap, percentiles, recoveryTimes, type ListVerdict, type Percentiles } from './checks.ts';
+import { checkLists, compareLogs, encodeLogEntry, longestGap, percentiles, recoveryTimes, type ListVerdict, type Percentiles } from './checks.ts';
 import { ChaosCluster } from './cluster.ts';
 import { Workload } from './workload.ts';
 
@@ -346,13 +346,17 @@ async function injectFault(cluster: ChaosCluster, kind: NemesisKind, main: strin
   return undefined;
 }
 
-/** Read every server's log from disk (after the processes stopped) and compare them. */
+/**
+ * Read every server's log from disk (after the processes stopped) and compare them. One log is in
+ * memory at a time: each is reduced to compact entry encodings (encodeLogEntry) before the next
+ * is read.
+ */
 async function compareServerLogs(servers: { id: string; dataDir: string }[]): Promise<{ identical: boolean; compared: number; difference?: string }> {
   const logs = [];
   for (const server of servers) {
     try {
       const opened = await openFileLog(server.dataDir);
-      const entries = opened.recovered.entries.map((entry) => JSON.stringify(entry, (_, value: unknown) => (value instanceof Uint8Array ? Buffer.from(value).toString('hex') : value)));
+      const entries = opened.recovered.entries.map(encodeLogEntry);
       logs.push({ server: server.id, firstSeq: opened.recovered.firstSeq, entries });
       await opened.log.close();
     } catch (error) {
