@@ -12,7 +12,7 @@
 
 import { spawn, type ChildProcess } from 'node:child_process';
 import { createWriteStream, type WriteStream } from 'node:fs';
-import { mkdir, open, readdir, rm, stat, writeFile } from 'node:fs/promises';
+import { mkdir, open, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { createServer } from 'node:net';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -212,7 +212,7 @@ export class ChaosCluster {
   async tearTail(id: string, bytes: number): Promise<boolean> {
     const path = await this.lastSegment(id);
     if (path === undefined) return false;
-    const size = (await stat(path)).size;
+    const size = await recordsEnd(path);
     if (size <= bytes) return false;
     const file = await open(path, 'r+');
     try {
@@ -228,7 +228,7 @@ export class ChaosCluster {
   async flipBit(id: string, fromEnd: number): Promise<boolean> {
     const path = await this.lastSegment(id);
     if (path === undefined) return false;
-    const size = (await stat(path)).size;
+    const size = await recordsEnd(path);
     if (size <= fromEnd) return false;
     const file = await open(path, 'r+');
     try {
@@ -254,4 +254,10 @@ export class ChaosCluster {
     for (const info of [this.manager, ...this.servers]) info.log.end();
     if (!keepData) await rm(this.options.dataDir, { recursive: true, force: true });
   }
+}
+
+/** Where a segment's records end: the preallocated zeros after them are not its tail. */
+async function recordsEnd(path: string): Promise<number> {
+  const bytes = await readFile(path);
+  return bytes.findLastIndex((byte: number) => byte !== 0) + 1;
 }

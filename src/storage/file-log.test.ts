@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { once } from 'node:events';
-import { appendFile, mkdir, mkdtemp, readFile, readdir, rm, stat, truncate, utimes, writeFile } from 'node:fs/promises';
+import { appendFile, mkdir, mkdtemp, open as fsOpen, readFile, readdir, rm, stat, truncate, utimes, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, it } from 'node:test';
@@ -551,17 +551,30 @@ describe('FileLog: recovery', () => {
     return join(dataDir, 'log', '00000000000000000001.seg');
   }
 
+  // `end`: where the records end (the file goes on with preallocated zeros).
+  const overwrite = async (segment: string, at: number, bytes: Uint8Array): Promise<void> => {
+    const file = await fsOpen(segment, 'r+');
+    try {
+      await file.write(bytes, 0, bytes.length, at);
+    } finally {
+      await file.close();
+    }
+  };
   for (const [damage, make] of [
-    ['cut in the middle of the last record', async (segment: string) => truncate(segment, (await stat(segment)).size - 7)],
-    ['garbage appended', (segment: string) => appendFile(segment, Buffer.from('not a record, just bytes a crash left behind'))],
-    ['zeros appended', (segment: string) => appendFile(segment, Buffer.alloc(4096))],
+    ['cut in the middle of the last record', (segment: string, end: number) => truncate(segment, end - 7)],
+    ['the end of the last record left as zeros', (segment: string, end: number) => overwrite(segment, end - 20, new Uint8Array(20))],
+    ['garbage after the records, over the zeros', (segment: string, end: number) => overwrite(segment, end, Buffer.from('not a record, just bytes a crash left behind'))],
+    ['garbage appended after the zeros', (segment: string) => appendFile(segment, Buffer.from('garbage'))],
   ] as const) {
     it(`cuts a torn tail (${damage}) and the server rejoins with the entries before it`, async () => {
       const segment = await writeLog(20);
-      const lastStart = recordEndOffset(await readFile(segment), seq(1), seq(19));
-      await make(segment);
+      const written = await readFile(segment);
+      const lastStart = recordEndOffset(written, seq(1), seq(19));
+      const end = recordEndOffset(written, seq(1), seq(20));
+      assert.ok(written.length > end, 'the segment has preallocated space after its records');
+      await make(segment, end);
       const { log, recovered, warnings } = await open();
-      const kept = damage.startsWith('cut') ? 19 : 20;
+      const kept = damage.includes('last record') ? 19 : 20;
       assert.equal(recovered.tornTailCut, true);
       assert.equal(recovered.corruptionFound, false);
       assert.deepEqual(seqs(recovered.entries), seqs(entries(1, kept)));
@@ -579,6 +592,47 @@ describe('FileLog: recovery', () => {
       assert.equal(again.recovered.entries.length, kept + 1);
     });
   }
+
+  it('preallocates zeros ahead of the records, keeps them across a restart, and writes over them', async () => {
+    const segment = await writeLog(20);
+    const preallocated = (await stat(segment)).size;
+    const end20 = recordEndOffset(await readFile(segment), seq(1), seq(20));
+    assert.ok(preallocated >= end20 + 1024 * 1024, `${preallocated} bytes for ${end20} of records`);
+    const { log, recovered, warnings } = await open();
+    assert.equal(recovered.tornTailCut, false);
+    assert.deepEqual(warnings, []);
+    assert.equal(recovered.entries.length, 20);
+    assert.equal((await stat(segment)).size, preallocated, 'the zeros stay for the next records');
+    await new Driver(log).run({ type: 'append', entries: entries(21, 25) });
+    assert.equal((await stat(segment)).size, preallocated, 'the records went into the preallocated space');
+    await log.close();
+    const again = await open();
+    assert.deepEqual(seqs(again.recovered.entries), seqs(entries(1, 25)));
+    await again.log.close();
+    // Without preallocation the file holds the records only.
+    await rm(dataDir, { recursive: true, force: true });
+    const plain = await open({ preallocateBytes: 0 });
+    await new Driver(plain.log).run({ type: 'append', entries: entries(1, 20) });
+    assert.equal((await stat(segment)).size, end20);
+    await plain.log.close();
+  });
+
+  it('a rolled segment loses its preallocated zeros; the newest keeps them', async () => {
+    const { log } = await open({ segmentBytesMax: 8 * 1024, preallocateBytes: 4 * 1024 });
+    const driver = new Driver(log);
+    for (let first = 1; first <= 600; first += 50) await driver.run({ type: 'append', entries: entries(first, first + 49) });
+    await log.close();
+    const names = (await readdir(join(dataDir, 'log'))).sort();
+    assert.ok(names.length >= 2, 'the appends rolled segments');
+    for (const [index, name] of names.entries()) {
+      const bytes = await readFile(join(dataDir, 'log', name));
+      const zeros = bytes.length - (bytes.findLastIndex((byte) => byte !== 0) + 1);
+      if (index < names.length - 1) assert.ok(zeros < 16, `${name}: ${zeros} trailing zero bytes in a rolled segment`);
+      else assert.ok(zeros > 1024, `${name}: the newest segment keeps its preallocated space`);
+    }
+    const { recovered } = await open({ segmentBytesMax: 8 * 1024, preallocateBytes: 4 * 1024 });
+    assert.deepEqual(seqs(recovered.entries), seqs(entries(1, 600)));
+  });
 
   it('a flipped bit below the tail: marks the server incomplete durably, then cuts the log there', async () => {
     const segment = await writeLog(30);

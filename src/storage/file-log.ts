@@ -40,6 +40,7 @@ import { acquireDirectoryLock } from './lock-file.ts';
 export const defaultSegmentBytesMax = 64 * 1024 * 1024;
 /** Bytes of records written in one group before it is synced and reported, so a group stays bounded. */
 export const defaultGroupBytesMax = 8 * 1024 * 1024;
+export const defaultPreallocateBytes = 1024 * 1024;
 
 export const metaFileName = 'meta.json';
 export const logStartFileName = 'log-start.json';
@@ -50,6 +51,13 @@ export interface FileLogOptions {
   segmentBytesMax?: number;
   /** Most record bytes one group writes before it syncs and reports (default 8 MiB). */
   groupBytesMax?: number;
+  /**
+   * The current segment is filled with zeros this far ahead of its records (default 1 MiB; 0: no
+   * preallocation). Records then overwrite space the file already has, so the fdatasync of a
+   * group need not also commit a new file size to the file system's journal: on ext4 it costs
+   * about half as much.
+   */
+  preallocateBytes?: number;
   /** The file-system calls; tests inject faults here. */
   fileSystem?: LogFileSystem;
   /** CRC-32 (zlib's by default; log-format.ts has the same function in pure TypeScript). */
@@ -118,6 +126,8 @@ interface Segment {
   lastEpoch: Epoch;
   /** Bytes of records written to the file. */
   sizeBytes: number;
+  /** Bytes of the file: the records, then zeros written ahead of them (see preallocateBytes). */
+  allocatedBytes: number;
 }
 
 /** Opens the data directory (creating it if needed), locks it and recovers the log and meta. */
@@ -194,8 +204,10 @@ export class FileLog {
     const settings = {
       segmentBytesMax: options.segmentBytesMax ?? defaultSegmentBytesMax,
       groupBytesMax: options.groupBytesMax ?? defaultGroupBytesMax,
+      preallocateBytes: options.preallocateBytes ?? defaultPreallocateBytes,
       checksum: options.checksum ?? zlibCrc32,
     };
+    assert(Number.isSafeInteger(settings.preallocateBytes) && settings.preallocateBytes >= 0, 'preallocateBytes must not be negative');
     assert(Number.isSafeInteger(settings.segmentBytesMax) && settings.segmentBytesMax >= 1024, 'segmentBytesMax must be at least 1 KiB');
     assert(Number.isSafeInteger(settings.groupBytesMax) && settings.groupBytesMax >= 1, 'groupBytesMax must be positive');
     const metrics: FileLogMetrics = { fsyncs: 0, writes: 0, bytesWritten: 0, groups: 0, operationsDurable: 0 };
@@ -461,6 +473,7 @@ export class FileLog {
         next = record + 1; // A record larger than a segment gets a segment of its own.
       }
       const end = recordEnds[next - 1] as number;
+      await this.preallocate(current, current.sizeBytes + end - start);
       await writeAll(this.fs, this.currentFd as number, bytes, start, end, current.sizeBytes);
       this.metrics.writes++;
       this.metrics.bytesWritten += end - start;
@@ -476,8 +489,30 @@ export class FileLog {
   private async createSegment(firstSeq: Seq): Promise<void> {
     assert(this.currentFd === undefined, 'the current segment is still open');
     this.currentFd = await this.fs.open(join(this.logDir, segmentName(firstSeq)), openFlags.createNew, 0o644);
-    this.segments.push({ firstSeq, lastSeq: seq(firstSeq - 1), lastEpoch: this.epochBefore(this.segments.length), sizeBytes: 0 });
+    this.segments.push({ firstSeq, lastSeq: seq(firstSeq - 1), lastEpoch: this.epochBefore(this.segments.length), sizeBytes: 0, allocatedBytes: 0 });
     this.directoryDirty = true;
+  }
+
+  /**
+   * Before records are written up to `needBytes` of the current segment, make the file hold at
+   * least that much, plus preallocateBytes of zeros ahead (never past the segment's limit, unless
+   * one record needs it). The zeros are synced with the group's records: until then a crash may
+   * lose them, which costs nothing (the scan ends the records at the first all-zero remainder).
+   */
+  private async preallocate(segment: Segment, needBytes: number): Promise<void> {
+    if (needBytes <= segment.allocatedBytes) return;
+    const chunk = this.options.preallocateBytes;
+    if (chunk === 0) {
+      segment.allocatedBytes = needBytes;
+      return;
+    }
+    const target = Math.max(needBytes, Math.min(this.options.segmentBytesMax, needBytes + chunk));
+    // The records about to be written fill the file up to needBytes; zeros go after them.
+    if (target > needBytes) {
+      const zeros = new Uint8Array(target - needBytes);
+      await writeAll(this.fs, this.currentFd as number, zeros, 0, zeros.length, needBytes);
+    }
+    segment.allocatedBytes = target;
   }
 
   /** Epoch of the entry just before segment `index` (which may be one past the last). */
@@ -489,6 +524,13 @@ export class FileLog {
     // The full segment is durable before the next one gets data: a torn write then never spans
     // two segments, which the recovery scan would take for corruption.
     await this.syncLog();
+    const full = this.segments.at(-1) as Segment;
+    if (full.allocatedBytes > full.sizeBytes) {
+      // Its unused zeros go, so only the newest segment has space ahead of its records. Not synced:
+      // should a crash undo the cut, the zeros are harmless.
+      await this.fs.ftruncate(this.currentFd as number, full.sizeBytes);
+      full.allocatedBytes = full.sizeBytes;
+    }
     await this.fs.close(this.currentFd as number);
     this.currentFd = undefined;
     await this.createSegment(firstSeq);
@@ -536,13 +578,14 @@ export class FileLog {
     } else {
       segment.lastEpoch = this.epochBefore(target);
     }
-    if (keepBytes < segment.sizeBytes) {
+    if (keepBytes < segment.allocatedBytes) {
       await this.fs.ftruncate(fd, keepBytes);
       // fsync, not fdatasync: the file's size is what changed.
       await this.fs.fsync(fd);
       this.segmentDirty = false;
     }
     segment.sizeBytes = keepBytes;
+    segment.allocatedBytes = Math.min(segment.allocatedBytes, keepBytes);
     segment.lastSeq = seq(Math.max(afterSeq, segment.firstSeq - 1));
     await this.syncLog();
     return true;
@@ -767,7 +810,9 @@ async function recover(
   if (unlinked) await fileSystem.fsync(logDirFd);
   for (const extent of scan.kept) {
     const file = files[extent.index] as { name: string; sizeBytes: number };
-    if (extent.validBytes === file.sizeBytes) continue;
+    // Zeros after the records are preallocated space: harmless, and the newest segment reuses them.
+    if (extent.validBytes === file.sizeBytes || extent.zeroTail) continue;
+    file.sizeBytes = extent.validBytes;
     const fd = await fileSystem.open(join(logDir, file.name), openFlags.readWrite);
     try {
       await fileSystem.ftruncate(fd, extent.validBytes);
@@ -782,7 +827,10 @@ async function recover(
       meta, entries: scan.entries, firstSeq: scan.firstSeq, baseEpoch: start?.baseEpoch ?? epoch(0),
       corruptionFound: scan.corruptionFound, tornTailCut: scan.tornTailCut,
     },
-    segments: scan.kept.map((extent) => ({ firstSeq: extent.firstSeq, lastSeq: extent.lastSeq, lastEpoch: extent.lastEpoch, sizeBytes: extent.validBytes })),
+    segments: scan.kept.map((extent) => ({
+      firstSeq: extent.firstSeq, lastSeq: extent.lastSeq, lastEpoch: extent.lastEpoch, sizeBytes: extent.validBytes,
+      allocatedBytes: (files[extent.index] as { sizeBytes: number }).sizeBytes,
+    })),
   };
 }
 

@@ -67,7 +67,7 @@ describe('log format: records and the recovery scan', () => {
     assertEntries(whole.entries, list);
     assert.equal(whole.tornTailCut, false);
     assert.equal(whole.corruptionFound, false);
-    assert.deepEqual(whole.kept, [{ index: 0, firstSeq: 1, lastSeq: 50, lastEpoch: 1, validBytes: bytes.length }]);
+    assert.deepEqual(whole.kept, [{ index: 0, firstSeq: 1, lastSeq: 50, lastEpoch: 1, validBytes: bytes.length, zeroTail: true }]);
 
     const cut1 = starts[20] as number;
     const cut2 = starts[35] as number;
@@ -115,17 +115,40 @@ describe('log format: records and the recovery scan', () => {
     }
   });
 
-  it('cuts garbage or zeros after the last record as a torn tail', () => {
+  it('cuts garbage after the last record as a torn tail, also garbage after or before preallocated zeros', () => {
     const { bytes } = records(entries(1, 8));
-    fc.assert(fc.property(fc.uint8Array({ minLength: 1, maxLength: 200 }), (garbage) => {
-      const scanned = scanLog([{ firstSeq: seq(1), bytes: concat(bytes, garbage) }], crc32);
+    const garbage = fc.uint8Array({ minLength: 1, maxLength: 200 }).filter((array) => array.some((byte) => byte !== 0));
+    fc.assert(fc.property(garbage, fc.nat({ max: 300 }), fc.nat({ max: 300 }), (junk, zerosBefore, zerosAfter) => {
+      const tail = concat(concat(new Uint8Array(zerosBefore), junk), new Uint8Array(zerosAfter));
+      const scanned = scanLog([{ firstSeq: seq(1), bytes: concat(bytes, tail) }], crc32);
       assert.equal(scanned.tornTailCut, true);
       assert.equal(scanned.corruptionFound, false);
       assert.equal(scanned.entries.length, 8);
+      assert.equal(scanned.kept[0]?.validBytes, bytes.length);
+      assert.equal(scanned.kept[0]?.zeroTail, false, 'a torn tail is cut off the file');
     }));
-    const zeros = scanLog([{ firstSeq: seq(1), bytes: concat(bytes, new Uint8Array(4096)) }], crc32);
-    assert.equal(zeros.tornTailCut, true);
-    assert.equal(zeros.corruptionFound, false);
+  });
+
+  it('ends the records at preallocated zeros, without calling it a tear', () => {
+    const { bytes, starts } = records(entries(1, 8));
+    for (const zeros of [1, 19, 20, 4096]) {
+      const scanned = scanLog([{ firstSeq: seq(1), bytes: concat(bytes, new Uint8Array(zeros)) }], crc32);
+      assert.equal(scanned.tornTailCut, false);
+      assert.equal(scanned.failure, undefined);
+      assert.equal(scanned.entries.length, 8);
+      assert.deepEqual(scanned.kept, [{ index: 0, firstSeq: 1, lastSeq: 8, lastEpoch: 1, validBytes: bytes.length, zeroTail: true }]);
+    }
+    // The last record torn by a crash while it overwrote preallocated zeros: cut, and the file cut too.
+    const lastStart = starts.at(-1) as number;
+    const torn = concat(bytes.subarray(0, bytes.length - 20), new Uint8Array(1000));
+    const scanned = scanLog([{ firstSeq: seq(1), bytes: torn }], crc32);
+    assert.equal(scanned.tornTailCut, true);
+    assert.equal(scanned.entries.length, 7);
+    assert.deepEqual(scanned.kept[0], { index: 0, firstSeq: 1, lastSeq: 7, lastEpoch: 1, validBytes: lastStart, zeroTail: false });
+    // An empty, preallocated segment after a full one holds nothing, cleanly.
+    const two = scanLog([{ firstSeq: seq(1), bytes }, { firstSeq: seq(9), bytes: new Uint8Array(4096) }], crc32);
+    assert.equal(two.failure, undefined);
+    assert.deepEqual(two.kept.map((extent) => [extent.firstSeq, extent.lastSeq, extent.validBytes, extent.zeroTail]), [[1, 8, bytes.length, true], [9, 8, 0, true]]);
   });
 
   it('reports a flipped bit in any record below the last as corruption and cuts there', () => {
@@ -192,7 +215,7 @@ describe('log format: records and the recovery scan', () => {
     const wrongName = scanLog([{ firstSeq: seq(2), bytes: encodeRecords(entries(1, 3), crc32) }], crc32);
     assert.equal(wrongName.corruptionFound, true);
     assert.equal(wrongName.entries.length, 0);
-    assert.deepEqual(wrongName.kept, [{ index: 0, firstSeq: 2, lastSeq: 1, lastEpoch: 0, validBytes: 0 }]);
+    assert.deepEqual(wrongName.kept, [{ index: 0, firstSeq: 2, lastSeq: 1, lastEpoch: 0, validBytes: 0, zeroTail: false }]);
 
     // A payload that does not decode, under a valid checksum (a bug, not a torn write).
     const record = encodeRecords(entries(1, 1), crc32).slice();
@@ -218,7 +241,7 @@ describe('log format: records and the recovery scan', () => {
     assert.equal(usual.firstSeq, 21);
     assert.equal(usual.entries.length, 10);
     assert.equal(usual.corruptionFound, false);
-    assert.deepEqual(usual.kept, [{ index: 0, firstSeq: 21, lastSeq: 30, lastEpoch: 3, validBytes: usual.validBytes }]);
+    assert.deepEqual(usual.kept, [{ index: 0, firstSeq: 21, lastSeq: 30, lastEpoch: 3, validBytes: usual.validBytes, zeroTail: true }]);
     // An empty log at the start has the base epoch as its last epoch.
     const empty = scanLog([], crc32, start);
     assert.equal(empty.firstSeq, 21);

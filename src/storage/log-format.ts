@@ -2,7 +2,10 @@
 // and segment bytes back into entries, and decides where a damaged log must be cut; the file log
 // (file-log.ts) does the reading, writing and syncing.
 //
-// A segment file holds records back to back, nothing else. A record is, little-endian:
+// A segment file holds records back to back, then possibly zeros: space the writer filled ahead of
+// its records (preallocation), so that a sync of new records need not also record a larger file.
+// The records end where the rest of the file is all zeros; no record starts with a zero length.
+// A record is, little-endian:
 //
 //   offset  size  field
 //        0     4  payloadLength  bytes of the payload
@@ -179,8 +182,10 @@ export interface SegmentExtent {
   lastSeq: Seq;
   /** Epoch of its last valid record; if it holds none, of the record before it (or the log's base epoch, or 0). */
   lastEpoch: Epoch;
-  /** Bytes to keep; the file is cut to this length if it is longer. */
+  /** Bytes of valid records. */
   validBytes: number;
+  /** Everything after the valid records is zeros (preallocated space): the file need not be cut. */
+  zeroTail: boolean;
 }
 
 /**
@@ -287,7 +292,8 @@ export class LogScanner {
     const failure = this.failure as ScanFailure | undefined;
     // A later segment cut to nothing is deleted, but the first one stays: its name keeps firstSeq.
     if (validBytes > 0 || index === 0 || failure === undefined) {
-      this.kept.push({ index, firstSeq: segment.firstSeq, lastSeq: seq(this.nextSeq - 1), lastEpoch: this.lastEpoch, validBytes });
+      const zeroTail = failure === undefined || allZero(segment.bytes, validBytes);
+      this.kept.push({ index, firstSeq: segment.firstSeq, lastSeq: seq(this.nextSeq - 1), lastEpoch: this.lastEpoch, validBytes, zeroTail });
     }
     if (failure !== undefined) this.validAfterFailure = this.findValidRecord(segment.bytes, failure.offset + 1);
   }
@@ -317,6 +323,8 @@ export class LogScanner {
     const entries = this.entries;
     let offset = 0;
     while (offset < bytes.length) {
+      // Preallocated space after the last record: the segment's records end here.
+      if (bytes[offset] === 0 && allZero(bytes, offset)) return offset;
       if (bytes.length - offset < recordHeaderBytes) return this.fail(index, offset, 'torn', 'the record header is incomplete');
       const payloadLength = view.getUint32(offset, true);
       if (payloadLength < recordPayloadBytesMin || payloadLength > recordPayloadBytesMax) {
@@ -375,6 +383,12 @@ export class LogScanner {
     }
     return false;
   }
+}
+
+/** Whether every byte of `bytes` from `from` on is zero. */
+export function allZero(bytes: Uint8Array, from: number): boolean {
+  for (let i = from; i < bytes.length; i++) if (bytes[i] !== 0) return false;
+  return true;
 }
 
 /** The recovery scan over all segments in seq order (see LogScanner). */
