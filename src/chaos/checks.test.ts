@@ -1,8 +1,28 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import { checkLists, compareLogs, encodeLogEntry, logEntryBytesShownMax, longestGap, percentiles, recoveryTimes } from './checks.ts';
+import { checkLists, compareLogs, ListReadLog, encodeLogEntry, logEntryBytesShownMax, longestGap, percentiles, recoveryTimes } from './checks.ts';
 
 describe('chaos checks', () => {
+  it('keeps list reads in bounded memory and still finds every kind of bad read', () => {
+    const appends = ['a', 'b', 'c', 'd'].map((element) => ({ key: 'l', element, outcome: 'ok' as const }));
+    const finals = new Map([['l', ['a', 'b', 'c', 'd']]]);
+    const good = new ListReadLog();
+    for (let i = 0; i < 1000; i++) good.add({ key: 'l', elements: ['a', 'b', 'c', 'd'].slice(0, i % 5), time: i });
+    assert.equal(good.count, 1000);
+    assert.equal(good.retained().length, 1, 'one read per key is kept when all are prefixes of one another');
+    assert.equal(checkLists(good.retained(), appends, finals).ok, true);
+    // Each bad shape, wherever it comes in the sequence, is still reported.
+    const bad: string[][] = [['b', 'a'], ['a', 'c'], ['a', 'b', 'c', 'd', 'e'], ['a', 'a']];
+    for (const wrong of bad) {
+      for (const at of [0, 3, 999]) {
+        const log = new ListReadLog();
+        for (let i = 0; i < 1000; i++) log.add({ key: 'l', elements: i === at ? wrong : ['a', 'b', 'c', 'd'].slice(0, i % 5), time: i });
+        const verdict = checkLists(log.retained(), appends, finals);
+        assert.equal(verdict.ok, false, `${wrong.join(',')} at read ${at}`);
+      }
+    }
+  });
+
   it('passes a clean list history and resolves unknown appends from the final list', () => {
     const finals = new Map([['l', ['a', 'b', 'c']]]);
     const verdict = checkLists(

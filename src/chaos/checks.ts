@@ -36,6 +36,35 @@ export interface ListVerdict {
 }
 
 /** Every read must be a prefix of the final list of its key; every acknowledged append is in it, once. */
+/**
+ * The list reads a check needs, kept in bounded memory: every read must be a prefix of the final
+ * list, so all reads of a key are prefixes of one another. Per key this keeps the longest read so
+ * far, and any read that is not prefix-ordered with it (one of the two is then not a prefix of the
+ * final list: checkLists reports it). A run of N reads of lists of length L costs O(keys · L), not
+ * O(N · L), which made long runs hold gigabytes.
+ */
+export class ListReadLog {
+  private readonly longest = new Map<string, ListRead>();
+  private readonly conflicting: ListRead[] = [];
+  count = 0;
+
+  add(read: ListRead): void {
+    this.count++;
+    const longest = this.longest.get(read.key);
+    if (longest === undefined || isPrefix(longest.elements, read.elements)) this.longest.set(read.key, read);
+    else if (!isPrefix(read.elements, longest.elements)) this.conflicting.push(read);
+  }
+
+  /** The reads kept: for checkLists, which finds the same problems in them as in all the reads. */
+  retained(): ListRead[] {
+    return [...this.longest.values(), ...this.conflicting];
+  }
+}
+
+function isPrefix(short: readonly string[], long: readonly string[]): boolean {
+  return short.length <= long.length && short.every((element, i) => long[i] === element);
+}
+
 export function checkLists(reads: readonly ListRead[], appends: readonly ListAppend[], finals: ReadonlyMap<string, readonly string[]>): ListVerdict {
   const verdict: ListVerdict = { lost: [], duplicated: [], reordered: [], unexpected: [], unknownApplied: 0, unknownNotApplied: 0, ok: true };
   const duplicated = new Set<string>();

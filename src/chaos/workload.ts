@@ -12,7 +12,8 @@
 import { connect, MainstayError, PreconditionFailedError, type Client } from '../client/client.ts';
 import type { Random } from '../lib/random.ts';
 import type { HistoryOperation, RegisterValue } from '../sim/linearizability.ts';
-import type { Ack, ListAppend, ListRead } from './checks.ts';
+import type { Ack, ListAppend } from './checks.ts';
+import { ListReadLog } from './checks.ts';
 
 export interface WorkloadOptions {
   /** Base URLs of the servers (through the fault proxies). */
@@ -39,7 +40,7 @@ const appendAttemptsMax = 8;
 
 export class Workload {
   readonly history: HistoryOperation[] = [];
-  readonly listReads: ListRead[] = [];
+  readonly listReads = new ListReadLog();
   readonly listAppends: ListAppend[] = [];
   /** Every acknowledged write (register write, swapped cas, list append) with its epoch. */
   readonly acks: Ack[] = [];
@@ -177,7 +178,7 @@ export class Workload {
     try {
       const found = await client.get(key);
       const elements = parseList(found?.text());
-      this.listReads.push({ key, elements, time: this.options.now() });
+      this.listReads.add({ key, elements, time: this.options.now() });
       this.count('list-read', 'ok');
       return { elements, version: found?.version ?? 0 };
     } catch {

@@ -162,6 +162,8 @@ interface Peer {
   connectedAtMs: number;
   /** We logged that the peer is unreachable and have not logged it reachable since. */
   down: boolean;
+  /** Its connections keep closing before they become stable: their ups and downs are logged at debug level. */
+  flapping: boolean;
   /** We logged that the queue is dropping and have not logged it drained since. */
   dropping: boolean;
   sentMessages: number;
@@ -444,7 +446,7 @@ export class TcpTransport {
     const peer: Peer = {
       id, address: { host: address.host, port: address.port }, queue: [], queueHead: 0, queuedBytes: 0,
       socket: null, connected: false, waitingForDrain: false, reconnectTimer: null, stallTimer: null,
-      failedAttempts: 0, started: false, connectedAtMs: 0, down: false, dropping: false,
+      failedAttempts: 0, started: false, connectedAtMs: 0, down: false, flapping: false, dropping: false,
       sentMessages: 0, dropped: 0, reconnects: 0,
     };
     this.peers.set(id, peer);
@@ -476,7 +478,15 @@ export class TcpTransport {
       socket.setTimeout(0);
       peer.connected = true;
       peer.connectedAtMs = this.now();
-      if (peer.down || peer.reconnects > 0) {
+      if (peer.flapping) {
+        this.logger.debug({ peer: peer.id, reconnects: peer.reconnects }, 'Connected to peer');
+        const stableTimer = setTimeout(() => {
+          if (peer.socket !== socket || !peer.connected || !peer.flapping) return;
+          peer.flapping = false;
+          this.logger.info({ peer: peer.id, reconnects: peer.reconnects }, 'Connected to peer (stable again)');
+        }, this.connectionStableMs);
+        stableTimer.unref();
+      } else if (peer.down || peer.reconnects > 0) {
         this.logger.info({ peer: peer.id, reconnects: peer.reconnects }, 'Connected to peer');
       } else {
         this.logger.debug({ peer: peer.id }, 'Connected to peer');
@@ -504,14 +514,21 @@ export class TcpTransport {
     peer.waitingForDrain = false;
     this.clearStallTimer(peer);
     if (this.closed || this.peers.get(peer.id) !== peer) return;
-    if (wasConnected && this.now() - peer.connectedAtMs >= this.connectionStableMs) peer.failedAttempts = 0;
+    const wasStable = wasConnected && this.now() - peer.connectedAtMs >= this.connectionStableMs;
+    if (wasStable) peer.failedAttempts = 0;
     peer.failedAttempts += 1;
     const doublings = Math.min(peer.failedAttempts - 1, backoffDoublingsMax);
     const ceilingMs = Math.min(this.backoffMaxMs, this.backoffInitialMs * 2 ** doublings);
     const delayMs = Math.max(1, Math.round(ceilingMs * (0.5 + 0.5 * this.random())));
     const fields = { peer: peer.id, host: peer.address.host, port: peer.address.port, reason: describe(failure), retryInMs: delayMs };
-    if (wasConnected) {
+    if (wasConnected && (wasStable || !peer.flapping)) {
       this.logger.warn(fields, 'Connection to peer lost; reconnecting');
+      peer.down = true;
+      // Until a connection lasts connectionStableMs, further short ones are not logged one by one
+      // (a peer behind a proxy or a port that accepts and resets at once would flood the log).
+      peer.flapping = true;
+    } else if (wasConnected) {
+      this.logger.debug(fields, 'Connection to peer lost again before it became stable; reconnecting');
       peer.down = true;
     } else if (!peer.down) {
       this.logger.warn(fields, 'Cannot connect to peer; retrying with backoff');
