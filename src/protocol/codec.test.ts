@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import fc from 'fast-check';
 import type { AnyMessage } from './codec.ts';
-import { CodecError, decodeEntry, decodeMessage, encodeEntry, encodeMessage } from './codec.ts';
+import { CodecError, decodeEntry, decodeMessage, encodeEntry, encodeMessage, Reader, Writer } from './codec.ts';
 import type { LogEntry, Operation, Write } from './types.ts';
 import { epoch, seq, serverId } from './types.ts';
 
@@ -71,5 +71,17 @@ describe('codec', () => {
 
   it('rejects unknown tags', () => {
     assert.throws(() => decodeMessage(new Uint8Array([99])), /Unknown message tag 99/);
+  });
+
+  it('writes strings as TextEncoder does and reads back what TextDecoder reads, on the ASCII path and off it', () => {
+    fc.assert(fc.property(fc.oneof(fc.string({ unit: 'binary', maxLength: 100 }), fc.string({ maxLength: 100 })), (text) => {
+      const encoded = new TextEncoder().encode(text);
+      const written = new Writer(1).string(text).finish();
+      assert.equal(new DataView(written.buffer, written.byteOffset).getUint32(0, true), encoded.length);
+      assert.deepEqual(written.subarray(4), encoded);
+      const reader = new Reader(written);
+      assert.equal(reader.string(), new TextDecoder().decode(encoded));
+      reader.end();
+    }), { numRuns: 1000 });
   });
 });

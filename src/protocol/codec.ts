@@ -11,6 +11,13 @@ import { epoch, seq, serverId } from './types.ts';
 
 const textEncoder = new TextEncoder();
 const textDecoder = new TextDecoder('utf-8', { fatal: true });
+/** Strings up to this many units try the ASCII path first (cheaper than TextEncoder/TextDecoder calls). */
+const asciiFastPathMax = 64;
+
+function isAscii(bytes: Uint8Array): boolean {
+  for (let i = 0; i < bytes.length; i++) if ((bytes[i] as number) >= 0x80) return false;
+  return true;
+}
 
 export class CodecError extends Error {
   override name = 'CodecError';
@@ -69,7 +76,30 @@ export class Writer {
   }
 
   string(value: string): this {
-    return this.bytes(textEncoder.encode(value));
+    const length = value.length;
+    // Short ASCII strings (keys, ids) are copied byte by byte: no temporary array for each one.
+    if (length <= asciiFastPathMax) {
+      this.reserve(4 + length);
+      const start = this.length + 4;
+      let i = 0;
+      while (i < length) {
+        const code = value.charCodeAt(i);
+        if (code >= 0x80) break;
+        this.buffer[start + i] = code;
+        i++;
+      }
+      if (i === length) {
+        this.view.setUint32(this.length, length, true);
+        this.length = start + length;
+        return this;
+      }
+    }
+    // At most 3 bytes per UTF-16 unit (a lone surrogate becomes U+FFFD, 3 bytes; a pair, 4 bytes for 2 units).
+    this.reserve(4 + length * 3);
+    const { written } = textEncoder.encodeInto(value, this.buffer.subarray(this.length + 4, this.length + 4 + length * 3));
+    this.view.setUint32(this.length, written, true);
+    this.length += 4 + written;
+    return this;
   }
 
   finish(): Uint8Array {
@@ -121,7 +151,8 @@ export class Reader {
   string(): string {
     const length = this.u32();
     this.need(length);
-    const value = textDecoder.decode(this.buffer.subarray(this.offset, this.offset + length));
+    const bytes = this.buffer.subarray(this.offset, this.offset + length);
+    const value = length <= asciiFastPathMax && isAscii(bytes) ? String.fromCharCode(...bytes) : textDecoder.decode(bytes);
     this.offset += length;
     return value;
   }

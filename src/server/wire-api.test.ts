@@ -4,7 +4,8 @@ import type { ClientRequest, Write } from '../protocol/types.ts';
 import { serverId } from '../protocol/types.ts';
 import { decodeWireResponse, encodeWireRequest } from '../protocol/wire.ts';
 import { defaultHttpApiLimits, parseHttpRequest, type HttpApiLimits } from './http-api.ts';
-import { parseWireRequest, renderWireResponse } from './wire-api.ts';
+import fc from 'fast-check';
+import { parseWireRequest, renderWireResponse, utf8Length } from './wire-api.ts';
 
 const limits: HttpApiLimits = { ...defaultHttpApiLimits, keyBytesMax: 8, valueBytesMax: 16, txnOperationsMax: 3, txnBytesMax: 40, listLimitMax: 10, clientIdBytesMax: 6 };
 const bytes = (text: string): Uint8Array => new TextEncoder().encode(text);
@@ -70,5 +71,12 @@ describe('wire API: the same limits as the HTTP API', () => {
     assert.deepEqual(decodeWireResponse(answer).response, {
       type: 'error', error: { code: 'NOT_MAIN', message: 'Not the main', definite: true, main: 's2', mainAddress: 'http://127.0.0.1:7002' },
     });
+  });
+
+  it('counts UTF-8 bytes as TextEncoder writes them, lone surrogates included', () => {
+    fc.assert(fc.property(fc.string({ unit: 'binary' }), (text) => {
+      assert.equal(utf8Length(text), new TextEncoder().encode(text).length);
+    }), { numRuns: 500 });
+    for (const text of ['', 'a', 'é', '€', '😀', '\ud800', '\udc00x', 'a\ud83d']) assert.equal(utf8Length(text), new TextEncoder().encode(text).length, JSON.stringify(text));
   });
 });

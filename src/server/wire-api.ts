@@ -20,7 +20,6 @@ class Refusal extends Error {
   }
 }
 
-const utf8 = new TextEncoder();
 const printableAscii = /^[\x21-\x7e]+$/;
 
 export function parseWireRequest(payload: Uint8Array, limits: HttpApiLimits): WireRequestResult {
@@ -72,7 +71,7 @@ function checkRequest(request: ClientRequest, limits: HttpApiLimits): void {
       checkMinSeq(request.minSeq, limits);
       return;
     case 'list':
-      if (utf8.encode(request.prefix).length > limits.keyBytesMax) {
+      if (utf8Length(request.prefix) > limits.keyBytesMax) {
         throw new Refusal('TOO_LARGE', `The prefix is more than ${limits.keyBytesMax} bytes, the limit for keys`);
       }
       if (!(request.limit >= 1 && request.limit <= limits.listLimitMax)) {
@@ -126,7 +125,7 @@ function checkWrite(write: Write, limits: HttpApiLimits): void {
 /** Checks a key and returns its size in bytes. */
 function checkKey(key: string, what: string, limits: HttpApiLimits): number {
   if (key === '') throw new Refusal('BAD_REQUEST', `The ${what} is empty; give a non-empty key`);
-  const bytes = utf8.encode(key).length;
+  const bytes = utf8Length(key);
   if (bytes > limits.keyBytesMax) throw new Refusal('TOO_LARGE', `The ${what} is ${bytes} bytes, more than the limit of ${limits.keyBytesMax}; use shorter keys`);
   return bytes;
 }
@@ -140,4 +139,19 @@ function checkValue(value: Uint8Array, what: string, limits: HttpApiLimits): num
 
 function checkMinSeq(minSeq: number | undefined, limits: HttpApiLimits): void {
   if (minSeq !== undefined && minSeq > limits.seqMax) throw new Refusal('BAD_REQUEST', `Bad minSeq ${minSeq}: the largest is ${limits.seqMax}`);
+}
+
+/** Bytes of `text` in UTF-8 (as TextEncoder would write it: a lone surrogate as U+FFFD), without encoding it. */
+export function utf8Length(text: string): number {
+  let bytes = 0;
+  for (let i = 0; i < text.length; i++) {
+    const code = text.charCodeAt(i);
+    if (code < 0x80) bytes += 1;
+    else if (code < 0x800) bytes += 2;
+    else if (code >= 0xd800 && code <= 0xdbff && i + 1 < text.length && (text.charCodeAt(i + 1) & 0xfc00) === 0xdc00) {
+      bytes += 4;
+      i++;
+    } else bytes += 3;
+  }
+  return bytes;
 }
