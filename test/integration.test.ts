@@ -3,7 +3,7 @@
 // across a failover, and a standby with a corrupted or torn log.
 
 import assert from 'node:assert/strict';
-import { appendFile, readdir, readFile, writeFile } from 'node:fs/promises';
+import { readdir, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
 import { connect } from '../src/client/client.ts';
@@ -179,12 +179,17 @@ describe('real cluster', { timeout: 120_000 }, () => {
       const segments = (await readdir(directory)).filter((name) => name.endsWith('.seg')).sort();
       return join(directory, segments[segments.length - 1] as string);
     };
+    // Segments have preallocated zeros after their records: damage goes where the records end.
+    const recordsEnd = (bytes: Uint8Array): number => bytes.findLastIndex((byte) => byte !== 0) + 1;
     // A half-written record at the end, as a crash in the middle of a write leaves it.
-    await appendFile(await lastSegment(torn), new Uint8Array([200, 0, 0, 0, 1, 2, 3]));
+    const tornPath = await lastSegment(torn);
+    const tornBytes = await readFile(tornPath);
+    tornBytes.set([200, 0, 0, 0, 1, 2, 3], recordsEnd(tornBytes));
+    await writeFile(tornPath, tornBytes);
     // One flipped bit in the middle of the log.
     const path = await lastSegment(flipped);
     const bytes = await readFile(path);
-    const middle = Math.floor(bytes.length / 2);
+    const middle = Math.floor(recordsEnd(bytes) / 2);
     bytes[middle] = (bytes[middle] as number) ^ 0x10;
     await writeFile(path, bytes);
 

@@ -6,6 +6,7 @@
 import assert from 'node:assert/strict';
 import net from 'node:net';
 import { after, before, describe, it } from 'node:test';
+import { connect, PreconditionFailedError } from '../src/client/client.ts';
 import { WireConnection } from '../src/client/wire.ts';
 import { decodeWireResponse, wirePreamble } from '../src/protocol/wire.ts';
 import { FrameDecoder } from '../src/transport/framing.ts';
@@ -87,6 +88,41 @@ describe('wire protocol', () => {
       }
     } finally {
       connection.close();
+    }
+  });
+
+  it('carries the client library\'s get, put and delete (its default), with typed errors, across a kill -9 of the main', async () => {
+    let fetches = 0;
+    const counting: typeof fetch = (input, init) => {
+      fetches++;
+      return fetch(input, init);
+    };
+    const client = connect({ endpoints: cluster.servers.map((server) => server.url), timeoutMs: 20_000 });
+    const httpOnly = connect({ endpoints: cluster.servers.map((server) => server.url), fetch: counting });
+    try {
+      const first = await client.put('lib', 'one');
+      assert.equal((await client.get('lib'))?.text(), 'one');
+      await assert.rejects(client.put('lib', 'two', { ifVersion: first.version + 1000 }), PreconditionFailedError);
+      const deleted = await client.delete('lib', { ifVersion: first.version });
+      assert.ok(deleted.seq > first.seq);
+      assert.equal(await client.get('lib'), undefined);
+      // The same answers over HTTP (a client given its own fetch uses HTTP).
+      await httpOnly.put('lib', 'three');
+      assert.ok(fetches > 0);
+      assert.equal((await client.get('lib'))?.text(), 'three');
+
+      const oldMain = main;
+      await cluster.kill(oldMain);
+      const after = await client.put('lib', 'after failover');
+      const newMain = await cluster.waitForMain(15_000, oldMain.id);
+      assert.notEqual(newMain.id, oldMain.id);
+      assert.ok(after.epoch > first.epoch, 'the write was acknowledged by the new main');
+      assert.equal((await client.get('lib'))?.text(), 'after failover');
+      cluster.restart(oldMain);
+      main = newMain;
+    } finally {
+      client.close();
+      httpOnly.close();
     }
   });
 

@@ -1,6 +1,7 @@
 // The client against a fake two-server cluster on loopback: node:http servers that speak the real
 // HTTP API (src/server/http-api.ts) over a tiny in-memory key-value state with a session table, so
-// that redirects, dropped responses and retries can be staged exactly.
+// that redirects, dropped responses and retries can be staged exactly. These tests use protocol
+// 'http' (the fake speaks only HTTP); test/wire.test.ts runs the client over the wire protocol.
 
 import assert from 'node:assert/strict';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
@@ -234,7 +235,7 @@ describe('client against a fake two-server cluster', () => {
   const cluster = new FakeCluster();
   const clients: Client[] = [];
   const open = (options: Partial<Parameters<typeof connect>[0]> = {}): Client => {
-    const client = connect({ endpoints: [(cluster.servers[0] as FakeServer).url], ...fast, ...options });
+    const client = connect({ protocol: 'http', endpoints: [(cluster.servers[0] as FakeServer).url], ...fast, ...options });
     clients.push(client);
     return client;
   };
@@ -409,7 +410,7 @@ describe('client against a fake two-server cluster', () => {
   });
 
   it('is definite when nothing could be sent', async () => {
-    const client = connect({ endpoints: [await deadPort()], ...fast, retries: 2 });
+    const client = connect({ protocol: 'http', endpoints: [await deadPort()], ...fast, retries: 2 });
     clients.push(client);
     await assert.rejects(client.put('x', 'y'), (error: unknown) => {
       assert.ok(error instanceof UnavailableError);
@@ -441,11 +442,11 @@ describe('client against a fake two-server cluster', () => {
 
 describe('connect', () => {
   it('checks its options', () => {
-    assert.throws(() => connect({ endpoints: [] }), /at least one endpoint/);
-    assert.throws(() => connect({ endpoints: ['ftp://x'] }), /http or https/);
-    assert.throws(() => connect({ endpoints: ['http://127.0.0.1:1'], clientId: 'has space' }), /visible ASCII/);
-    assert.throws(() => connect({ endpoints: ['http://127.0.0.1:1'], retries: -1 }), /retries/);
-    const client = connect({ endpoints: ['http://127.0.0.1:1/'] });
+    assert.throws(() => connect({ protocol: 'http', endpoints: [] }), /at least one endpoint/);
+    assert.throws(() => connect({ protocol: 'http', endpoints: ['ftp://x'] }), /http or https/);
+    assert.throws(() => connect({ protocol: 'http', endpoints: ['http://127.0.0.1:1'], clientId: 'has space' }), /visible ASCII/);
+    assert.throws(() => connect({ protocol: 'http', endpoints: ['http://127.0.0.1:1'], retries: -1 }), /retries/);
+    const client = connect({ protocol: 'http', endpoints: ['http://127.0.0.1:1/'] });
     assert.match(client.clientId, /^[0-9a-f-]{36}$/);
     client.close();
   });

@@ -20,7 +20,10 @@
 import { setMaxListeners } from 'node:events';
 import { randomUUID } from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
-import type { Consistency, ErrorCode } from '../protocol/types.ts';
+import type { ClientRequest, Consistency, ErrorCode, Write } from '../protocol/types.ts';
+import type { WireResponse } from '../protocol/wire.ts';
+import { renderClientResponse, type RenderContext } from '../server/http-api.ts';
+import { WireConnection, WireConnectionError } from './wire.ts';
 
 // ---------------------------------------------------------------- public types
 
@@ -43,6 +46,13 @@ export interface ConnectOptions {
   concurrentWritesMax?: number;
   /** The fetch to use (default: the global fetch). */
   fetch?: typeof fetch;
+  /**
+   * How get, put and delete reach the main: `wire`, the binary protocol on the servers' HTTP port,
+   * many requests at once on one connection per server (the default, unless `fetch` is given); or
+   * `http`. Finding the main, list, txn, status and the change stream always use HTTP. Both give
+   * the same answers and errors.
+   */
+  protocol?: 'wire' | 'http';
 }
 
 export interface PutOptions {
@@ -297,6 +307,8 @@ interface Call<T> {
   body?: Uint8Array | string;
   /** Writes carry a session and track whether an attempt may have been applied. */
   write: boolean;
+  /** The same request for the wire protocol (its session is added per attempt), when it can travel there. */
+  wire?: ClientRequest;
   /** Turn an answer that is not an error (2xx, or a 404 the call understands) into the result. */
   accept(answer: Answer): { value: T } | undefined;
 }
@@ -317,6 +329,9 @@ class MainstayClient implements Client {
   private readonly endpoints: string[];
   private readonly settings: typeof defaults;
   private readonly fetch: typeof fetch;
+  private readonly protocol: 'wire' | 'http';
+  /** Wire connections by server base URL, opened on first use and dropped when they fail. */
+  private readonly wireConnections = new Map<string, Promise<WireConnection>>();
   /** Aborted by close(): cuts attempts and pauses short. */
   /** Aborted by close(); every request in flight listens to it (so no listener limit applies). */
   private readonly closing = withoutListenerLimit(new AbortController());
@@ -355,6 +370,8 @@ class MainstayClient implements Client {
     if (!(Number.isInteger(retries) && retries >= 0)) throw new TypeError('retries must be a whole number');
     if (!(backoffMsMin >= 0 && backoffMsMax >= backoffMsMin)) throw new TypeError('backoffMsMax must be at least backoffMsMin, which must not be negative');
     if (!(Number.isInteger(concurrentWritesMax) && concurrentWritesMax >= 1)) throw new TypeError('concurrentWritesMax must be at least 1');
+    if (options.protocol !== undefined && options.protocol !== 'wire' && options.protocol !== 'http') throw new TypeError('protocol must be wire or http');
+    this.protocol = options.protocol ?? (options.fetch === undefined ? 'wire' : 'http');
     const fetchFunction = options.fetch ?? globalThis.fetch;
     this.fetch = (input, init) => fetchFunction(input, init);
     this.nextRequestId = Date.now() * 1000;
@@ -366,15 +383,21 @@ class MainstayClient implements Client {
     const headers: Record<string, string> = { 'content-type': 'application/octet-stream' };
     if (options.ifVersion !== undefined) headers['if-match'] = `"${checkWhole(options.ifVersion, 'ifVersion')}"`;
     if (options.ifAbsent === true) headers['if-none-match'] = '*';
+    const bytes = toBytes(value);
+    const write: Write = { type: 'put', key, value: bytes };
+    if (options.ifVersion !== undefined) write.ifVersion = options.ifVersion;
+    if (options.ifAbsent === true) write.ifAbsent = true;
     return await this.run<PutResult>({
-      method: 'PUT', target: keyTarget(key), headers, body: toBytes(value), write: true,
+      method: 'PUT', target: keyTarget(key), headers, body: bytes, write: true, wire: { type: 'write', write },
       accept: (answer) => answer.status === 200 ? { value: writeJson(answer, ['seq', 'epoch', 'version']) } : undefined,
     });
   }
 
   async get(key: string, options: ReadOptions = {}): Promise<GetResult | undefined> {
+    const wire: ClientRequest = { type: 'read', key, consistency: options.consistency ?? 'linearizable' };
+    if (options.minSeq !== undefined) wire.minSeq = options.minSeq;
     return await this.run<GetResult | undefined>({
-      method: 'GET', target: keyTarget(key) + readQuery(options, {}), write: false,
+      method: 'GET', target: keyTarget(key) + readQuery(options, {}), write: false, wire,
       accept: (answer) => {
         const appliedSeq = Number(answer.headers.get('mainstay-applied-seq'));
         // A 404 from the key route carries the applied seq; one without it is an unknown route.
@@ -390,8 +413,10 @@ class MainstayClient implements Client {
   async delete(key: string, options: DeleteOptions = {}): Promise<DeleteResult> {
     const headers: Record<string, string> = {};
     if (options.ifVersion !== undefined) headers['if-match'] = `"${checkWhole(options.ifVersion, 'ifVersion')}"`;
+    const write: Write = { type: 'delete', key };
+    if (options.ifVersion !== undefined) write.ifVersion = options.ifVersion;
     return await this.run<DeleteResult>({
-      method: 'DELETE', target: keyTarget(key), headers, write: true,
+      method: 'DELETE', target: keyTarget(key), headers, write: true, wire: { type: 'write', write },
       accept: (answer) => answer.status === 200 ? { value: writeJson(answer, ['seq', 'epoch']) } : undefined,
     });
   }
@@ -443,6 +468,8 @@ class MainstayClient implements Client {
 
   close(): void {
     this.closing.abort();
+    for (const connecting of this.wireConnections.values()) connecting.then((connection) => connection.close(), () => {});
+    this.wireConnections.clear();
   }
 
   // ---------------------------------------------------------------- the change stream
@@ -638,6 +665,7 @@ class MainstayClient implements Client {
     try {
       const requestId = this.nextRequestId++;
       call.headers = { ...call.headers, 'mainstay-client-id': session, 'mainstay-request-id': String(requestId) };
+      if (call.wire?.type === 'write') call.wire = { ...call.wire, session: { clientId: session, requestId } };
       return await this.attempts(call);
     } finally {
       this.releaseSession(session);
@@ -721,6 +749,7 @@ class MainstayClient implements Client {
   }
 
   private async send<T>(base: string, call: Call<T>, timeoutMs: number): Promise<AttemptOutcome> {
+    if (this.protocol === 'wire' && call.wire !== undefined) return await this.sendWire(base, call, call.wire, timeoutMs);
     const controller = new AbortController();
     let timedOut = false;
     const timer = setTimeout(() => {
@@ -740,6 +769,68 @@ class MainstayClient implements Client {
       if (this.closing.signal.aborted) return { kind: 'network', sent: true, message: 'the client was closed' };
       const code = networkCode(error);
       return { kind: 'network', sent: code === undefined || !notSentCodes.has(code), message: code ?? (error as Error).message };
+    } finally {
+      clearTimeout(timer);
+      this.closing.signal.removeEventListener('abort', onClose);
+    }
+  }
+
+  /**
+   * One attempt over the wire protocol. The answer is rendered as the HTTP API would have given it
+   * (renderClientResponse), so both protocols go through the same acceptance and retry rules.
+   */
+  private async sendWire<T>(base: string, call: Call<T>, request: ClientRequest, timeoutMs: number): Promise<AttemptOutcome> {
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const expired = new Promise<'timeout'>((resolve) => {
+      timer = setTimeout(() => resolve('timeout'), timeoutMs);
+    });
+    let onClose = (): void => {};
+    const closed = new Promise<'closed'>((resolve) => {
+      onClose = () => resolve('closed');
+    });
+    this.closing.signal.addEventListener('abort', onClose);
+    const drop = (connecting: Promise<WireConnection>): void => {
+      if (this.wireConnections.get(base) === connecting) this.wireConnections.delete(base);
+    };
+    try {
+      let connecting = this.wireConnections.get(base);
+      if (connecting === undefined) {
+        connecting = WireConnection.connect(base, { connectTimeoutMs: timeoutMs });
+        this.wireConnections.set(base, connecting);
+        connecting.catch(() => this.wireConnections.delete(base));
+      }
+      let connection: WireConnection | 'timeout' | 'closed';
+      try {
+        connection = await Promise.race([connecting, expired, closed]);
+      } catch (error) {
+        return { kind: 'network', sent: false, message: networkCode(error) ?? (error as Error).message };
+      }
+      if (connection === 'timeout') return { kind: 'network', sent: false, message: `no connection within ${timeoutMs} ms` };
+      if (connection === 'closed') return { kind: 'network', sent: true, message: 'the client was closed' };
+      if (connection.closed) {
+        drop(connecting);
+        return { kind: 'network', sent: false, message: 'the connection had closed' };
+      }
+      let response: WireResponse | 'timeout' | 'closed';
+      try {
+        response = await Promise.race([connection.request(request), expired, closed]);
+      } catch (error) {
+        drop(connecting);
+        return { kind: 'network', sent: error instanceof WireConnectionError ? error.sent : true, message: (error as Error).message };
+      }
+      if (response === 'timeout') {
+        // The server may be stuck or cut off: the next attempt opens a fresh connection (the
+        // requests still on this one fail and are retried, writes with their sessions).
+        drop(connecting);
+        connection.close();
+        return { kind: 'timeout' };
+      }
+      if (response === 'closed') return { kind: 'network', sent: true, message: 'the client was closed' };
+      const context: RenderContext = { target: call.target };
+      if (response.type === 'error' && response.error.mainAddress !== undefined) context.mainAddress = response.error.mainAddress;
+      const rendered = renderClientResponse(response, request, context);
+      const body = typeof rendered.body === 'string' ? utf8.encode(rendered.body) : rendered.body;
+      return { kind: 'answer', answer: { status: rendered.status, headers: new Headers(rendered.headers), body } };
     } finally {
       clearTimeout(timer);
       this.closing.signal.removeEventListener('abort', onClose);

@@ -188,6 +188,8 @@ export async function startServerProcess(config: ServerProcessConfig): Promise<R
     }
     updatePeers(core.currentMap);
     watches.onProgress();
+    // One core step's messages leave together, at once.
+    transport.flushNow();
   };
 
   log.onDurable = (operationId: number): void => {

@@ -552,6 +552,18 @@ export class TcpTransport {
     socket?.destroy();
   }
 
+  /**
+   * Hand every queued message to its socket now, instead of at the end of this event-loop turn:
+   * for a caller that knows it has sent all it will for a while (the server process, after the
+   * effects of one core step), this saves a turn of latency on every hop.
+   */
+  flushNow(): void {
+    if (this.dirty.size === 0) return;
+    const peers = [...this.dirty];
+    this.dirty.clear();
+    for (const peer of peers) this.flush(peer);
+  }
+
   private scheduleFlush(peer: Peer): void {
     this.dirty.add(peer);
     if (this.flushHandle !== null) return;
