@@ -224,17 +224,17 @@ export async function startServerProcess(config: ServerProcessConfig): Promise<R
   };
 
   // Requests that arrive in one event-loop turn, over HTTP or the wire protocol, reach the core together.
+  const dispatchBatch = (): void => {
+    if (batch.length === 0) return;
+    const requests = batch;
+    batch = [];
+    run(core.onRequests(now(), requests));
+  };
   const enqueue = (request: ClientRequest, answer: (response: ClientResponse) => void): void => {
     const requestId = nextRequestId++;
     waiting.set(requestId, answer);
     batch.push({ requestId, request });
-    if (batch.length === 1) {
-      setImmediate(() => {
-        const requests = batch;
-        batch = [];
-        run(core.onRequests(now(), requests));
-      });
-    }
+    if (batch.length === 1) setImmediate(dispatchBatch);
   };
   const submit = (request: ClientRequest): Promise<ClientResponse> => new Promise((resolve) => enqueue(request, resolve));
 
@@ -311,6 +311,9 @@ export async function startServerProcess(config: ServerProcessConfig): Promise<R
         answer(response);
       });
     },
+    // A wire chunk's requests go to the core as soon as the chunk is read (with whatever else is
+    // waiting), not a turn later: a chunk usually holds every request its client had ready.
+    afterChunk: dispatchBatch,
     mainAddress: (response) => (response.type === 'error' && response.error.main !== undefined ? memberAddress(core.currentMap, response.error.main) : undefined),
   });
   await listen(frontDoor.server, config.listenHttp);

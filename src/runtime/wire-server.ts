@@ -23,6 +23,8 @@ export interface WireServerOptions {
   logger: Logger;
   /** Hand a request to the core; `answer` is called once, possibly synchronously inside a later effect run. */
   submit(request: ClientRequest, answer: (response: ClientResponse) => void): void;
+  /** Called after the requests of one chunk read from a connection were submitted. */
+  afterChunk?: () => void;
   /** With NOT_MAIN: the client address of the main the error names, if the map knows it. */
   mainAddress(response: ClientResponse): string | undefined;
   /** Most requests one connection may have in flight; reading pauses above it (default 4096). */
@@ -113,6 +115,7 @@ export class ClientFrontDoor {
       const { payloads, error } = connection.decoder.push(chunk);
       for (const payload of payloads) this.onFrame(connection, payload);
       if (error !== null) this.breakConnection(connection, 'TOO_LARGE', `A frame is larger than the limit of ${limit} bytes`);
+      if (payloads.length > 0) this.options.afterChunk?.();
     };
     socket.on('data', onData);
     onData(first);
