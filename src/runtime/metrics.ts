@@ -221,6 +221,11 @@ export class ServerMetrics {
   private transport: TransportStatsSource | undefined;
   private readonly requests: Counter<'kind' | 'consistency' | 'outcome'>;
   private readonly latency: Histogram<'kind' | 'consistency'>;
+  /**
+   * The label children observeRequest uses, by their label values: prom-client hashes a label
+   * object on every inc/observe, which cost ~10 µs per request on the hot path.
+   */
+  private readonly requestChildren = new Map<string, { count: { inc(): void }; latency: { observe(value: number): void } }>();
   private readonly events: Counter<'code'>;
   private readonly roleChanges: Counter<'role'>;
   private readonly fences: Counter;
@@ -319,8 +324,14 @@ export class ServerMetrics {
   observeRequest(request: ClientRequest, response: ClientResponse, elapsedMs: number): void {
     const outcome = response.type === 'error' ? response.error.code : 'ok';
     const consistency = consistencyOf(request);
-    this.requests.inc({ kind: request.type, consistency, outcome });
-    this.latency.observe({ kind: request.type, consistency }, elapsedMs / 1000);
+    const key = `${request.type} ${consistency} ${outcome}`;
+    let children = this.requestChildren.get(key);
+    if (children === undefined) {
+      children = { count: this.requests.labels({ kind: request.type, consistency, outcome }), latency: this.latency.labels({ kind: request.type, consistency }) };
+      this.requestChildren.set(key, children);
+    }
+    children.count.inc();
+    children.latency.observe(elapsedMs / 1000);
     const code = answerErrorCode(response);
     if (code !== undefined) this.errors.inc({ code });
   }
