@@ -139,5 +139,11 @@ describe('wire protocol', () => {
     const { tag, response } = decodeWireResponse(payloads[0] as Uint8Array);
     assert.equal(tag, 0);
     assert.equal(response.type === 'error' ? response.error.code : response.type, 'BAD_REQUEST');
+    // The server counts it, and the requests it served over the wire.
+    const metrics = (await http(`${main.url}/metrics`)).text;
+    const value = (name: string): number => Number(new RegExp(`^${name} (\\S+)$`, 'm').exec(metrics)?.[1] ?? NaN);
+    assert.ok(value('mainstay_wire_broken_connections_total') >= 1, 'a broken connection is counted');
+    assert.ok(value('mainstay_wire_requests_total') >= 1, 'wire requests are counted');
+    assert.ok(value('mainstay_wire_connections') >= 0);
   });
 });

@@ -214,6 +214,12 @@ function consistencyOf(request: ClientRequest): string {
   return request.type === 'write' ? 'linearizable' : request.consistency;
 }
 
+/** What the wire protocol's front door counts (src/runtime/wire-server.ts). */
+export interface WireDoorStats {
+  readonly openConnections: number;
+  readonly counts: { readonly requests: number; readonly refused: number; readonly broken: number };
+}
+
 export class ServerMetrics {
   private readonly registry = new Registry();
   private readonly core: ServerCore;
@@ -221,6 +227,7 @@ export class ServerMetrics {
   private transport: TransportStatsSource | undefined;
   private readonly requests: Counter<'kind' | 'consistency' | 'outcome'>;
   private readonly latency: Histogram<'kind' | 'consistency'>;
+  private frontDoor: WireDoorStats | undefined;
   /**
    * The label children observeRequest uses, by their label values: prom-client hashes a label
    * object on every inc/observe, which cost ~10 µs per request on the hot path.
@@ -306,8 +313,20 @@ export class ServerMetrics {
     gaugeFrom(registry, 'mainstay_peer_lag_entries', 'As the main: entries of its log each peer has not acknowledged (lastSeq - the peer\'s matchSeq)', ['peer'], () =>
       this.peerMatches().map(([peer, match]) => [{ peer }, Math.max(0, core.lastSeq - match)]));
 
+    const door = (read: (door: WireDoorStats) => number) => (): [Record<never, string>, number][] =>
+      (this.frontDoor === undefined ? [] : [[{}, read(this.frontDoor)]]);
+    gaugeFrom(registry, 'mainstay_wire_connections', 'Open connections of the binary wire protocol', [], door((stats) => stats.openConnections));
+    counterFrom(registry, 'mainstay_wire_requests_total', 'Requests received over the wire protocol (answered or refused)', [], door((stats) => stats.counts.requests + stats.counts.refused));
+    counterFrom(registry, 'mainstay_wire_refused_requests_total', 'Wire requests refused before reaching the core (they broke a limit or did not decode)', [], door((stats) => stats.counts.refused));
+    counterFrom(registry, 'mainstay_wire_broken_connections_total', 'Wire connections closed for a protocol error (bad preamble, oversized or tagless frame)', [], door((stats) => stats.counts.broken));
+
     registerTransportMetrics(registry, () => this.transport);
     if (options.processMetrics ?? true) registerProcessMetrics(registry);
+  }
+
+  /** The client port's front door, for the wire-protocol metrics. */
+  observeFrontDoor(door: WireDoorStats): void {
+    this.frontDoor = door;
   }
 
   get contentType(): string {

@@ -316,6 +316,7 @@ export async function startServerProcess(config: ServerProcessConfig): Promise<R
     afterChunk: dispatchBatch,
     mainAddress: (response) => (response.type === 'error' && response.error.main !== undefined ? memberAddress(core.currentMap, response.error.main) : undefined),
   });
+  metrics.observeFrontDoor(frontDoor);
   await listen(frontDoor.server, config.listenHttp);
   const address = frontDoor.server.address() as { address: string; port: number };
   logger.info({ http: `${address.address}:${address.port}`, peer: formatHostPort(config.listenPeer) }, 'Server is listening');

@@ -43,6 +43,9 @@ interface Connection {
   closed: boolean;
 }
 
+/** How long a new connection may wait before its first byte. */
+const firstByteTimeoutMs = 60_000;
+
 export class ClientFrontDoor {
   readonly server: net.Server;
   private readonly connections = new Set<Connection>();
@@ -61,6 +64,10 @@ export class ClientFrontDoor {
     this.server = net.createServer({ noDelay: true }, (socket) => this.sniff(socket));
   }
 
+  get openConnections(): number {
+    return this.connections.size;
+  }
+
   /** Stop taking requests: new ones are answered UNAVAILABLE; answers in flight still go out. */
   stop(): void {
     this.stopping = true;
@@ -73,7 +80,10 @@ export class ClientFrontDoor {
   }
 
   private sniff(socket: net.Socket): void {
+    // A connection that never says a word is not held forever (HTTP's own timeouts start later).
+    socket.setTimeout(firstByteTimeoutMs, () => socket.destroy());
     socket.once('data', (first: Buffer) => {
+      socket.setTimeout(0);
       socket.pause();
       if (first[0] === wirePreamble[0]) {
         this.serveWire(socket, first);
