@@ -50,15 +50,23 @@ export interface ChaosServer extends Process {
   peerProxy: ChaosProxy;
 }
 
-async function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
+/**
+ * `count` distinct free ports, held until `release()`: ports taken one at a time and freed at once
+ * can come back twice (a server's HTTP port was once handed out again as another's peer port),
+ * and a proxy started while they are held cannot take one of them either.
+ */
+async function reservePorts(count: number): Promise<{ ports: number[]; release: () => Promise<void> }> {
+  const servers = await Promise.all(Array.from({ length: count }, () => new Promise<ReturnType<typeof createServer>>((resolve, reject) => {
     const server = createServer();
     server.once('error', reject);
-    server.listen(0, host, () => {
-      const { port } = server.address() as { port: number };
-      server.close(() => resolve(port));
-    });
-  });
+    server.listen(0, host, () => resolve(server));
+  })));
+  return {
+    ports: servers.map((server) => (server.address() as { port: number }).port),
+    release: async () => {
+      await Promise.all(servers.map((server) => new Promise((resolve) => server.close(resolve))));
+    },
+  };
 }
 
 export class ChaosCluster {
@@ -79,15 +87,15 @@ export class ChaosCluster {
   private async launchAll(): Promise<void> {
     const { dataDir } = this.options;
     await mkdir(dataDir, { recursive: true });
-    const managerHttp = await freePort();
-    const managerPeer = await freePort();
+    const reserved = await reservePorts(2 + 2 * this.options.servers);
+    const [managerHttp, managerPeer] = reserved.ports as [number, number];
     this.managerProxy = await ChaosProxy.start({ name: 'manager-peer', target: { host, port: managerPeer }, identify: 'hello' });
     this.managerUrl = `http://${host}:${managerHttp}`;
     const members: string[] = [];
     for (let i = 1; i <= this.options.servers; i++) {
       const id = `s${i}`;
-      const httpPort = await freePort();
-      const peerPort = await freePort();
+      const httpPort = reserved.ports[2 * i] as number;
+      const peerPort = reserved.ports[2 * i + 1] as number;
       const httpProxy = await ChaosProxy.start({ name: `${id}-http`, target: { host, port: httpPort }, identify: 'none' });
       const peerProxy = await ChaosProxy.start({ name: `${id}-peer`, target: { host, port: peerPort }, identify: 'hello' });
       const serverDir = join(dataDir, id);
@@ -108,6 +116,7 @@ export class ChaosCluster {
       args: ['manager', '--data-dir', join(dataDir, 'manager'), '--listen-http', `${host}:${managerHttp}`, '--listen-peer', `${host}:${managerPeer}`,
         '--servers', members.join(','), '--ack-quorum', String(this.options.ackQuorum), ...(this.options.managerFlags ?? [])],
     };
+    await reserved.release();
     this.launch(this.manager);
     for (const server of this.servers) this.launch(server);
   }

@@ -136,7 +136,11 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosReport> {
   try {
     // Wait for a main before the clock of the run starts mattering.
     for (let i = 0; i < 300 && !(view?.main !== null && view?.main !== undefined && view.phase === 'stable'); i++) await sleep(100);
-    if (view?.main === null || view?.main === undefined) throw new Error('The cluster never appointed a main');
+    if (view?.main === null || view?.main === undefined) {
+      watching = false;
+      await cluster.close(true);
+      throw new Error(`The cluster never appointed a main (logs in ${dataDir})`);
+    }
     log(`chaos: ${options.servers} servers, K = ${options.ackQuorum}, ${options.seconds} s, seed ${options.seed}, nemeses ${options.nemeses.join(',')}; output in ${options.outDir}`);
     const until = now() + options.seconds * 1000;
     const running = workload.run(until);
