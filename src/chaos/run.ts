@@ -12,7 +12,7 @@
 
 import { monitorEventLoopDelay } from 'node:perf_hooks';
 import { createWriteStream } from 'node:fs';
-import { mkdir, writeFile } from 'node:fs/promises';
+import { mkdir, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Random } from '../lib/random.ts';
 import { checkLinearizability } from '../sim/linearizability.ts';
@@ -96,6 +96,8 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosReport> {
   const random = new Random(options.seed);
   await mkdir(options.outDir, { recursive: true });
   const dataDir = join(options.outDir, 'data');
+  // A manager resuming an earlier run's state would look for that run's proxies.
+  if (await stat(dataDir).then(() => true, () => false)) throw new Error(`${dataDir} exists (an earlier run's data): choose another --out`);
   const historyFile = createWriteStream(join(options.outDir, 'history.jsonl'));
   const started = performance.now();
   const now = (): number => Math.round(performance.now() - started);
