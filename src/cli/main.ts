@@ -108,6 +108,7 @@ async function runServer(argv: string[]): Promise<void> {
       txnBytesMax: Math.max(defaultHttpApiLimits.txnBytesMax, Number(options['value-bytes-max']) * 2),
     },
     segmentBytesMax: Number(options['segment-bytes-max']),
+    stateCommitDelayMs: Number(options['state-commit-delay-ms']),
     ...(options['log-archive-dir'] === undefined ? {} : { logArchiveDir: String(options['log-archive-dir']) }),
     logger: log,
   });

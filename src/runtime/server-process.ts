@@ -40,6 +40,8 @@ export interface ServerProcessConfig {
   limits: ServerLimits;
   httpLimits: HttpApiLimits;
   segmentBytesMax: number;
+  /** See LmdbStoreOptions.commitDelayMs. */
+  stateCommitDelayMs?: number;
   /** Where compacted log segments are archived (in a subfolder named by id) before deletion; unset: nowhere. */
   logArchiveDir?: string;
   logger: Logger;
@@ -65,7 +67,7 @@ export async function startServerProcess(config: ServerProcessConfig): Promise<R
   const opened = await openFileLog(config.dataDir, { segmentBytesMax: config.segmentBytesMax, fileSystem: diskMetrics.instrument(faults) });
   for (const warning of opened.warnings ?? []) logger.warn(warning);
   const { log, recovered } = opened;
-  const store = await openLmdbStore(join(config.dataDir, 'state'));
+  const store = await openLmdbStore(join(config.dataDir, 'state'), config.stateCommitDelayMs === undefined ? {} : { commitDelayMs: config.stateCommitDelayMs });
   let archiver: LogArchiver | undefined;
   if (config.logArchiveDir !== undefined) {
     try {
