@@ -1,25 +1,12 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import fc from 'fast-check';
+import { u32, version, write } from './arbitraries.test-support.ts';
 import type { AnyMessage } from './codec.ts';
 import { CodecError, decodeEntry, decodeMessage, encodeEntry, encodeMessage, Reader, Writer } from './codec.ts';
-import type { LogEntry, Operation, Write } from './types.ts';
+import type { LogEntry } from './types.ts';
 import { epoch, seq, serverId } from './types.ts';
 
-const key = fc.string({ maxLength: 12 });
-const value = fc.uint8Array({ maxLength: 40 });
-const version = fc.nat({ max: Number.MAX_SAFE_INTEGER });
-const operation: fc.Arbitrary<Operation> = fc.oneof(
-  fc.record({ type: fc.constant('put' as const), key, value }),
-  fc.record({ type: fc.constant('delete' as const), key }),
-);
-const write: fc.Arbitrary<Write> = fc.oneof(
-  fc.record({ type: fc.constant('put' as const), key, value, ifVersion: version, ifAbsent: fc.constant(true) }, { requiredKeys: ['type', 'key', 'value'] }),
-  fc.record({ type: fc.constant('delete' as const), key, ifVersion: version }, { requiredKeys: ['type', 'key'] }),
-  fc.record({ type: fc.constant('txn' as const), compares: fc.array(fc.record({ key, version })), success: fc.array(operation), failure: fc.array(operation) }),
-  fc.constant({ type: 'epochStart' as const }),
-  fc.record({ type: fc.constant('configChange' as const), mapVersion: version }),
-);
 const entry: fc.Arbitrary<LogEntry> = fc.record({
   epoch: fc.nat({ max: 0xffffffff }).map(epoch),
   seq: version.map(seq),
@@ -27,7 +14,6 @@ const entry: fc.Arbitrary<LogEntry> = fc.record({
   session: fc.record({ clientId: fc.string(), requestId: version }),
 }, { requiredKeys: ['epoch', 'seq', 'write'] });
 const id = fc.stringMatching(/^s[0-9]{1,3}$/).map(serverId);
-const u32 = fc.nat({ max: 0xffffffff });
 
 const message: fc.Arbitrary<AnyMessage> = fc.oneof(
   fc.record({ type: fc.constant('append' as const), epoch: u32.map(epoch), generation: version, prevSeq: version.map(seq), prevEpoch: u32.map(epoch), entries: fc.array(entry, { maxLength: 4 }), commitSeq: version.map(seq), ackQuorum: u32 }),

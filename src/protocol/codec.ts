@@ -289,12 +289,13 @@ export function decodeEntry(bytes: Uint8Array): LogEntry {
 
 const enum ResultTag { Ok = 1, PreconditionFailed = 2, Txn = 3 }
 
-function writeResult(writer: Writer, result: WriteResult): void {
+/** A write's result (session records; the wire protocol's write answers). */
+export function writeResult(writer: Writer, result: WriteResult): void {
   if (result.status === 'txn') writer.u8(ResultTag.Txn).u53(result.seq).u32(result.epoch).u8(result.succeeded ? 1 : 0);
   else writer.u8(result.status === 'ok' ? ResultTag.Ok : ResultTag.PreconditionFailed).u53(result.seq).u32(result.epoch).u53(result.version);
 }
 
-function readResult(reader: Reader): WriteResult {
+export function readResult(reader: Reader): WriteResult {
   const tag = reader.u8();
   const at = seq(reader.u53());
   const resultEpoch = epoch(reader.u32());

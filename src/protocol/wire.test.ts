@@ -2,30 +2,19 @@ import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import fc from 'fast-check';
 import { CodecError } from './codec.ts';
-import type { ClientRequest, Operation, Write, WriteResult } from './types.ts';
+import { clientWrite, key, u32, value, version } from './arbitraries.test-support.ts';
+import type { ClientRequest, WriteResult } from './types.ts';
 import { epoch, seq, serverId } from './types.ts';
 import { decodeWireRequest, decodeWireResponse, encodeWireRequest, encodeWireResponse, wireTag, type WireResponse } from './wire.ts';
 
-const key = fc.string({ maxLength: 12 });
-const value = fc.uint8Array({ maxLength: 40 });
-const version = fc.nat({ max: Number.MAX_SAFE_INTEGER });
-const tag = fc.nat({ max: 0xffffffff });
-const operation: fc.Arbitrary<Operation> = fc.oneof(
-  fc.record({ type: fc.constant('put' as const), key, value }),
-  fc.record({ type: fc.constant('delete' as const), key }),
-);
-const write: fc.Arbitrary<Write> = fc.oneof(
-  fc.record({ type: fc.constant('put' as const), key, value, ifVersion: version, ifAbsent: fc.constant(true) }, { requiredKeys: ['type', 'key', 'value'] }),
-  fc.record({ type: fc.constant('delete' as const), key, ifVersion: version }, { requiredKeys: ['type', 'key'] }),
-  fc.record({ type: fc.constant('txn' as const), compares: fc.array(fc.record({ key, version })), success: fc.array(operation), failure: fc.array(operation) }),
-);
+const tag = u32;
 const consistency = fc.constantFrom('linearizable' as const, 'local' as const);
 const request: fc.Arbitrary<ClientRequest> = fc.oneof(
-  fc.record({ type: fc.constant('write' as const), write, session: fc.record({ clientId: fc.string({ minLength: 1 }), requestId: version }) }, { requiredKeys: ['type', 'write'] }),
+  fc.record({ type: fc.constant('write' as const), write: clientWrite, session: fc.record({ clientId: fc.string({ minLength: 1 }), requestId: version }) }, { requiredKeys: ['type', 'write'] }),
   fc.record({ type: fc.constant('read' as const), key, consistency, minSeq: version }, { requiredKeys: ['type', 'key', 'consistency'] }),
   fc.record({ type: fc.constant('list' as const), prefix: key, limit: fc.nat({ max: 0xffffffff }), consistency, minSeq: version }, { requiredKeys: ['type', 'prefix', 'limit', 'consistency'] }),
 );
-const at = { seq: version.map(seq), epoch: version.map(epoch) };
+const at = { seq: version.map(seq), epoch: u32.map(epoch) };
 const result: fc.Arbitrary<WriteResult> = fc.oneof(
   fc.record({ status: fc.constant('ok' as const), ...at, version }),
   fc.record({ status: fc.constant('preconditionFailed' as const), ...at, version }),

@@ -8,9 +8,9 @@
 // This module is the encoding only, for both sides; src/server/wire-api.ts checks a decoded
 // request against the server's limits. Pure: no Node built-ins.
 
-import { CodecError, Reader, readWrite, Writer, writeWrite } from './codec.ts';
-import type { ClientRequest, ClientResponse, Consistency, ErrorBody, ErrorCode, KeyValue, Session, WriteResult } from './types.ts';
-import { epoch, seq, serverId } from './types.ts';
+import { CodecError, Reader, readResult, readWrite, Writer, writeResult, writeWrite } from './codec.ts';
+import type { ClientRequest, ClientResponse, Consistency, ErrorBody, ErrorCode, KeyValue, Session } from './types.ts';
+import { seq, serverId } from './types.ts';
 
 /** First bytes a client sends, and the server echoes: a NUL (no HTTP request starts so), "MS", version 1. */
 export const wirePreamble: Readonly<Uint8Array> = Uint8Array.of(0x00, 0x4d, 0x53, 0x01);
@@ -21,7 +21,6 @@ export const tagMax = 0xffffffff;
 
 const enum RequestTag { Write = 1, Read = 2, List = 3 }
 const enum ResponseTag { Write = 1, Read = 2, List = 3, Error = 4 }
-const enum ResultTag { Ok = 1, PreconditionFailed = 2, Txn = 3 }
 
 const errorCodes: readonly ErrorCode[] = [
   'NOT_MAIN', 'TIMEOUT', 'PRECONDITION_FAILED', 'NOT_FOUND', 'UNAVAILABLE', 'BAD_REQUEST', 'METHOD_NOT_ALLOWED', 'TOO_LARGE', 'OVERLOADED',
@@ -182,28 +181,6 @@ export function decodeWireResponse(payload: Uint8Array): { tag: number; response
     reader.end();
     return { tag, response };
   });
-}
-
-function writeResult(writer: Writer, result: WriteResult): void {
-  const tag = result.status === 'ok' ? ResultTag.Ok : result.status === 'preconditionFailed' ? ResultTag.PreconditionFailed : ResultTag.Txn;
-  writer.u8(tag).u53(result.seq).u53(result.epoch);
-  if (result.status === 'txn') writer.u8(result.succeeded ? 1 : 0);
-  else writer.u53(result.version);
-}
-
-function readResult(reader: Reader): WriteResult {
-  const tag = reader.u8();
-  const at = { seq: seq(reader.u53()), epoch: epoch(reader.u53()) };
-  switch (tag) {
-    case ResultTag.Ok:
-      return { status: 'ok', ...at, version: reader.u53() };
-    case ResultTag.PreconditionFailed:
-      return { status: 'preconditionFailed', ...at, version: reader.u53() };
-    case ResultTag.Txn:
-      return { status: 'txn', ...at, succeeded: reader.bool() };
-    default:
-      throw new CodecError(`Unknown write result ${tag}`);
-  }
 }
 
 function writeItem(writer: Writer, item: KeyValue): void {
