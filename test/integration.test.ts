@@ -4,9 +4,11 @@
 
 import assert from 'node:assert/strict';
 import { readdir, readFile, writeFile } from 'node:fs/promises';
-import { join } from 'node:path';
+import { basename, join } from 'node:path';
 import { after, describe, it } from 'node:test';
 import { connect } from '../src/client/client.ts';
+import { seq } from '../src/protocol/types.ts';
+import { crc32, parseSegmentName, scanLog } from '../src/storage/log-format.ts';
 import { http, sleep, TestCluster, waitFor, type ServerInfo } from './harness.ts';
 
 const clusters: TestCluster[] = [];
@@ -179,17 +181,19 @@ describe('real cluster', { timeout: 120_000 }, () => {
       const segments = (await readdir(directory)).filter((name) => name.endsWith('.seg')).sort();
       return join(directory, segments[segments.length - 1] as string);
     };
-    // Segments have preallocated zeros after their records: damage goes where the records end.
-    const recordsEnd = (bytes: Uint8Array): number => bytes.findLastIndex((byte) => byte !== 0) + 1;
+    // Segments have preallocated zeros after their records: damage goes where the records end (by
+    // the recovery scan; a record may itself end in zero bytes).
+    const recordsEnd = (path: string, bytes: Uint8Array): number =>
+      scanLog([{ firstSeq: parseSegmentName(basename(path)) ?? seq(1), bytes }], crc32).kept[0]?.validBytes ?? 0;
     // A half-written record at the end, as a crash in the middle of a write leaves it.
     const tornPath = await lastSegment(torn);
     const tornBytes = await readFile(tornPath);
-    tornBytes.set([200, 0, 0, 0, 1, 2, 3], recordsEnd(tornBytes));
+    tornBytes.set([200, 0, 0, 0, 1, 2, 3], recordsEnd(tornPath, tornBytes));
     await writeFile(tornPath, tornBytes);
     // One flipped bit in the middle of the log.
     const path = await lastSegment(flipped);
     const bytes = await readFile(path);
-    const middle = Math.floor(recordsEnd(bytes) / 2);
+    const middle = Math.floor(recordsEnd(path, bytes) / 2);
     bytes[middle] = (bytes[middle] as number) ^ 0x10;
     await writeFile(path, bytes);
 

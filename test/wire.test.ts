@@ -4,6 +4,7 @@
 // and closes a connection that does not speak it.
 
 import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
 import net from 'node:net';
 import { after, before, describe, it } from 'node:test';
 import { connect, PreconditionFailedError } from '../src/client/client.ts';
@@ -106,9 +107,16 @@ describe('wire protocol', () => {
       const deleted = await client.delete('lib', { ifVersion: first.version });
       assert.ok(deleted.seq > first.seq);
       assert.equal(await client.get('lib'), undefined);
+      // It went over the wire: the main counted wire requests (discovery alone is HTTP).
+      const wireRequests = async (): Promise<number> => Number(/^mainstay_wire_requests_total (\S+)$/m.exec((await http(`${main.url}/metrics`)).text)?.[1] ?? NaN);
+      const before = await wireRequests();
+      await client.get('lib');
+      assert.equal(await wireRequests(), before + 1);
       // The same answers over HTTP (a client given its own fetch uses HTTP).
+      const fetchesBefore = fetches;
       await httpOnly.put('lib', 'three');
-      assert.ok(fetches > 0);
+      assert.ok(fetches > fetchesBefore);
+      assert.equal(await wireRequests(), before + 1, 'the HTTP client sent nothing over the wire');
       assert.equal((await client.get('lib'))?.text(), 'three');
 
       const oldMain = main;
@@ -124,6 +132,16 @@ describe('wire protocol', () => {
       client.close();
       httpOnly.close();
     }
+  });
+
+  it('lets a process that never closes its client exit (an idle wire connection holds nothing)', async () => {
+    const script = `import { connect } from ${JSON.stringify(new URL('../src/client/client.ts', import.meta.url).pathname)};\n`
+      + `const client = connect({ endpoints: [${JSON.stringify(main.url)}] });\nawait client.put('exit', 'yes');\nconsole.log('done');\n`;
+    const started = performance.now();
+    const child = spawnSync(process.execPath, ['--import', 'tsx', '--input-type=module', '-e', script], { timeout: 20_000, encoding: 'utf8' });
+    assert.equal(child.stdout.trim(), 'done', child.stderr);
+    assert.equal(child.signal, null, 'the process had to be killed: something kept it alive');
+    assert.ok(performance.now() - started < 20_000);
   });
 
   it('closes a connection with a wrong preamble, after an answer on the connection\'s tag', async () => {

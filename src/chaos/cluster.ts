@@ -13,8 +13,9 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { createWriteStream, type WriteStream } from 'node:fs';
 import { mkdir, open, readdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { crc32, parseSegmentName, scanLog } from '../storage/log-format.ts';
 import { createServer } from 'node:net';
-import { join } from 'node:path';
+import { basename, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { ChaosProxy, type Fault } from './proxy.ts';
 
@@ -265,8 +266,13 @@ export class ChaosCluster {
   }
 }
 
-/** Where a segment's records end: the preallocated zeros after them are not its tail. */
+/**
+ * Where a segment's valid records end, by the recovery scan: the preallocated zeros after them are
+ * not its tail (and a record may itself end in zero bytes, so the last non-zero byte is no guide).
+ */
 async function recordsEnd(path: string): Promise<number> {
   const bytes = await readFile(path);
-  return bytes.findLastIndex((byte: number) => byte !== 0) + 1;
+  const firstSeq = parseSegmentName(basename(path));
+  if (firstSeq === undefined) return 0;
+  return scanLog([{ firstSeq, bytes }], crc32).kept[0]?.validBytes ?? 0;
 }

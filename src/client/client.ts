@@ -23,7 +23,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import type { ClientRequest, Consistency, ErrorCode, Write } from '../protocol/types.ts';
 import type { WireResponse } from '../protocol/wire.ts';
 import { renderClientResponse, type RenderContext } from '../server/http-api.ts';
-import { WireConnection, WireConnectionError } from './wire.ts';
+import { WireConnection, WireConnectionError, WireProtocolMismatchError, WireTimeoutError } from './wire.ts';
 
 // ---------------------------------------------------------------- public types
 
@@ -49,8 +49,9 @@ export interface ConnectOptions {
   /**
    * How get, put and delete reach the main: `wire`, the binary protocol on the servers' HTTP port,
    * many requests at once on one connection per server (the default, unless `fetch` is given); or
-   * `http`. Finding the main, list, txn, status and the change stream always use HTTP. Both give
-   * the same answers and errors.
+   * `http`. Finding the main, list, txn, status and the change stream always use HTTP, and so do
+   * https endpoints and servers that turn out not to speak the wire protocol (an HTTP-only proxy).
+   * Both give the same answers and errors.
    */
   protocol?: 'wire' | 'http';
 }
@@ -307,7 +308,7 @@ interface Call<T> {
   body?: Uint8Array | string;
   /** Writes carry a session and track whether an attempt may have been applied. */
   write: boolean;
-  /** The same request for the wire protocol (its session is added per attempt), when it can travel there. */
+  /** The same request for the wire protocol (run() adds the call's session), when it can travel there. */
   wire?: ClientRequest;
   /** Turn an answer that is not an error (2xx, or a 404 the call understands) into the result. */
   accept(answer: Answer): { value: T } | undefined;
@@ -332,6 +333,8 @@ class MainstayClient implements Client {
   private readonly protocol: 'wire' | 'http';
   /** Wire connections by server base URL, opened on first use and dropped when they fail. */
   private readonly wireConnections = new Map<string, Promise<WireConnection>>();
+  /** Servers found not to speak the wire protocol (behind an HTTP-only proxy, say): HTTP for them. */
+  private readonly httpOnlyBases = new Set<string>();
   /** Aborted by close(): cuts attempts and pauses short. */
   /** Aborted by close(); every request in flight listens to it (so no listener limit applies). */
   private readonly closing = withoutListenerLimit(new AbortController());
@@ -749,7 +752,10 @@ class MainstayClient implements Client {
   }
 
   private async send<T>(base: string, call: Call<T>, timeoutMs: number): Promise<AttemptOutcome> {
-    if (this.protocol === 'wire' && call.wire !== undefined) return await this.sendWire(base, call, call.wire, timeoutMs);
+    if (this.protocol === 'wire' && call.wire !== undefined && base.startsWith('http:') && !this.httpOnlyBases.has(base)) {
+      const outcome = await this.sendWire(base, call, call.wire, timeoutMs);
+      if (outcome !== undefined) return outcome;
+    }
     const controller = new AbortController();
     let timedOut = false;
     const timer = setTimeout(() => {
@@ -778,52 +784,60 @@ class MainstayClient implements Client {
   /**
    * One attempt over the wire protocol. The answer is rendered as the HTTP API would have given it
    * (renderClientResponse), so both protocols go through the same acceptance and retry rules.
+   * Returns undefined when `base` turns out not to speak it (the caller then uses HTTP).
    */
-  private async sendWire<T>(base: string, call: Call<T>, request: ClientRequest, timeoutMs: number): Promise<AttemptOutcome> {
-    let timer: ReturnType<typeof setTimeout> | undefined;
-    const expired = new Promise<'timeout'>((resolve) => {
-      timer = setTimeout(() => resolve('timeout'), timeoutMs);
-    });
+  private async sendWire<T>(base: string, call: Call<T>, request: ClientRequest, timeoutMs: number): Promise<AttemptOutcome | undefined> {
+    if (this.closing.signal.aborted) return { kind: 'network', sent: false, message: 'the client was closed' };
+    const deadline = performance.now() + timeoutMs;
     let onClose = (): void => {};
     const closed = new Promise<'closed'>((resolve) => {
       onClose = () => resolve('closed');
     });
     this.closing.signal.addEventListener('abort', onClose);
-    const drop = (connecting: Promise<WireConnection>): void => {
-      if (this.wireConnections.get(base) === connecting) this.wireConnections.delete(base);
-    };
+    let timer: ReturnType<typeof setTimeout> | undefined;
     try {
       let connecting = this.wireConnections.get(base);
       if (connecting === undefined) {
         connecting = WireConnection.connect(base, { connectTimeoutMs: timeoutMs });
         this.wireConnections.set(base, connecting);
-        connecting.catch(() => this.wireConnections.delete(base));
+        const created = connecting;
+        created.catch(() => {
+          if (this.wireConnections.get(base) === created) this.wireConnections.delete(base);
+        });
       }
+      const expired = new Promise<'timeout'>((resolve) => {
+        timer = setTimeout(() => resolve('timeout'), timeoutMs);
+      });
       let connection: WireConnection | 'timeout' | 'closed';
       try {
         connection = await Promise.race([connecting, expired, closed]);
       } catch (error) {
+        if (error instanceof WireProtocolMismatchError) {
+          // An HTTP-only server or proxy: this base gets HTTP from now on.
+          this.httpOnlyBases.add(base);
+          return undefined;
+        }
         return { kind: 'network', sent: false, message: networkCode(error) ?? (error as Error).message };
       }
       if (connection === 'timeout') return { kind: 'network', sent: false, message: `no connection within ${timeoutMs} ms` };
-      if (connection === 'closed') return { kind: 'network', sent: true, message: 'the client was closed' };
+      if (connection === 'closed') {
+        connecting.then((late) => late.close(), () => {});
+        return { kind: 'network', sent: true, message: 'the client was closed' };
+      }
       if (connection.closed) {
-        drop(connecting);
+        // The server closed it since (a restart, say): the next attempt connects afresh.
+        if (this.wireConnections.get(base) === connecting) this.wireConnections.delete(base);
         return { kind: 'network', sent: false, message: 'the connection had closed' };
       }
-      let response: WireResponse | 'timeout' | 'closed';
+      let response: WireResponse | 'closed';
       try {
-        response = await Promise.race([connection.request(request), expired, closed]);
+        response = await Promise.race([connection.request(request, Math.max(1, deadline - performance.now())), closed]);
       } catch (error) {
-        drop(connecting);
+        // A timeout abandons this request only; the connection goes on serving the others (the
+        // WireConnection drops it itself if nothing at all came back meanwhile).
+        if (error instanceof WireTimeoutError) return { kind: 'timeout' };
+        if (this.wireConnections.get(base) === connecting) this.wireConnections.delete(base);
         return { kind: 'network', sent: error instanceof WireConnectionError ? error.sent : true, message: (error as Error).message };
-      }
-      if (response === 'timeout') {
-        // The server may be stuck or cut off: the next attempt opens a fresh connection (the
-        // requests still on this one fail and are retried, writes with their sessions).
-        drop(connecting);
-        connection.close();
-        return { kind: 'timeout' };
       }
       if (response === 'closed') return { kind: 'network', sent: true, message: 'the client was closed' };
       const context: RenderContext = { target: call.target };

@@ -16,6 +16,16 @@ export class WireConnectionError extends Error {
   }
 }
 
+/** The server answered the greeting with something else: it does not speak this protocol (an HTTP-only server or proxy). */
+export class WireProtocolMismatchError extends Error {
+  override name = 'WireProtocolMismatchError';
+}
+
+/** No answer to one request within its deadline; the connection stays open for the others. */
+export class WireTimeoutError extends Error {
+  override name = 'WireTimeoutError';
+}
+
 export interface WireConnectOptions {
   /** Give up connecting after this long (default 5 000 ms). */
   connectTimeoutMs?: number;
@@ -33,6 +43,8 @@ export class WireConnection {
   private flushScheduled = false;
   private failure: Error | null = null;
   private readonly decoder = new FrameDecoder();
+  /** When something last arrived (performance.now()): a connection silent through a timeout is presumed dead. */
+  private lastReceivedMs = performance.now();
 
   private constructor(private readonly socket: net.Socket) {}
 
@@ -67,7 +79,7 @@ export class WireConnection {
     });
     if (!greeting.subarray(0, wirePreamble.length).equals(wirePreamble)) {
       socket.destroy();
-      throw new Error(`${host}:${port} does not speak the Mainstay wire protocol version 1`);
+      throw new WireProtocolMismatchError(`${host}:${port} does not speak the Mainstay wire protocol version 1`);
     }
     const connection = new WireConnection(socket);
     socket.on('data', (chunk: Buffer) => connection.onData(chunk));
@@ -75,6 +87,8 @@ export class WireConnection {
     socket.on('close', () => connection.fail(new Error('the connection closed')));
     const rest = greeting.subarray(wirePreamble.length);
     if (rest.length > 0) connection.onData(rest);
+    // An idle connection does not keep the process alive (see request).
+    socket.unref();
     socket.resume();
     return connection;
   }
@@ -93,7 +107,7 @@ export class WireConnection {
    * rejection). Rejects with WireConnectionError when the connection fails first; `sent` says
    * whether the request may have reached the server.
    */
-  request(request: ClientRequest): Promise<WireResponse> {
+  request(request: ClientRequest, timeoutMs?: number): Promise<WireResponse> {
     if (this.failure !== null) return Promise.reject(new WireConnectionError(`Cannot send: ${this.failure.message}`, false));
     const tag = this.takeTag();
     this.out.push(encodeWireRequest(tag, request));
@@ -101,7 +115,36 @@ export class WireConnection {
       this.flushScheduled = true;
       process.nextTick(() => this.flush());
     }
-    return new Promise((resolve, reject) => this.pending.set(tag, { resolve, reject }));
+    // Requests in flight keep the process alive; an idle connection does not.
+    if (this.pending.size === 0) this.socket.ref();
+    const sentAtMs = performance.now();
+    return new Promise((resolve, reject) => {
+      let timer: ReturnType<typeof setTimeout> | undefined;
+      const settle = (): void => {
+        if (timer !== undefined) clearTimeout(timer);
+        this.pending.delete(tag);
+        if (this.pending.size === 0 && this.failure === null) this.socket.unref();
+      };
+      this.pending.set(tag, {
+        resolve: (response) => {
+          settle();
+          resolve(response);
+        },
+        reject: (error) => {
+          settle();
+          reject(error);
+        },
+      });
+      if (timeoutMs !== undefined) {
+        timer = setTimeout(() => {
+          if (!this.pending.has(tag)) return;
+          settle();
+          // Nothing at all arrived since this request left: the server or the path to it is gone.
+          if (this.lastReceivedMs < sentAtMs) this.fail(new Error(`nothing arrived for ${timeoutMs} ms`));
+          reject(new WireTimeoutError(`No answer within ${timeoutMs} ms`));
+        }, timeoutMs);
+      }
+    });
   }
 
   close(): void {
@@ -125,6 +168,7 @@ export class WireConnection {
   }
 
   private onData(chunk: Buffer): void {
+    this.lastReceivedMs = performance.now();
     const { payloads, error } = this.decoder.push(chunk);
     for (const payload of payloads) {
       let decoded;
@@ -139,10 +183,8 @@ export class WireConnection {
         this.fail(new Error(`The server closed the connection (${message})`));
         return;
       }
-      const waiter = this.pending.get(decoded.tag);
-      if (waiter === undefined) continue;
-      this.pending.delete(decoded.tag);
-      waiter.resolve(decoded.response);
+      // An answer to a request that timed out has no waiter any more.
+      this.pending.get(decoded.tag)?.resolve(decoded.response);
     }
     if (error !== null) this.fail(error);
   }
@@ -159,6 +201,7 @@ export class WireConnection {
 
 function hostPort(address: string): { host: string; port: number } {
   const url = new URL(address.includes('://') ? address : `http://${address}`);
+  if (url.protocol !== 'http:') throw new TypeError(`The wire protocol runs beside plain HTTP only, not ${url.protocol} (${address})`);
   const port = Number(url.port || 80);
   return { host: url.hostname.replace(/^\[|\]$/g, ''), port };
 }

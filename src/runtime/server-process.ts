@@ -320,6 +320,9 @@ export async function startServerProcess(config: ServerProcessConfig): Promise<R
   });
   metrics.observeFrontDoor(frontDoor);
   await listen(frontDoor.server, config.listenHttp);
+  // node:http starts tracking its connections (request and header timeouts, closeIdleConnections)
+  // when it starts listening; the front door listens for it, so tell it.
+  http.emit('listening');
   const address = frontDoor.server.address() as { address: string; port: number };
   logger.info({ http: `${address.address}:${address.port}`, peer: formatHostPort(config.listenPeer) }, 'Server is listening');
 
@@ -337,6 +340,8 @@ export async function startServerProcess(config: ServerProcessConfig): Promise<R
       const grace = setTimeout(() => frontDoor.destroyAll(), 1000);
       await closed;
       clearTimeout(grace);
+      // Stops node:http's connection checks (it never listened itself, so the callback reports that).
+      http.close(() => {});
       await transport.close();
       await compacting;
       await log.close();

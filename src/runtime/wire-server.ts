@@ -13,9 +13,10 @@ import type { Server as HttpServer } from 'node:http';
 import type { Logger } from 'pino';
 import type { ClientRequest, ClientResponse } from '../protocol/types.ts';
 import { connectionTag, encodeWireResponse, wirePreamble } from '../protocol/wire.ts';
+import { assert } from '../lib/assert.ts';
 import type { HttpApiLimits } from '../server/http-api.ts';
 import { parseWireRequest, renderWireResponse } from '../server/wire-api.ts';
-import { encodeFrames, FrameDecoder } from '../transport/framing.ts';
+import { encodeFrames, FrameDecoder, frameBytesMax } from '../transport/framing.ts';
 
 export interface WireServerOptions {
   http: HttpServer;
@@ -31,6 +32,8 @@ export interface WireServerOptions {
   inflightMax?: number;
   /** Reading pauses while this many answer bytes wait to be sent (default 8 MiB). */
   pendingBytesMax?: number;
+  /** Largest answer a frame carries (default and most: the framing's 64 MiB); a larger one becomes TOO_LARGE on its tag. */
+  answerBytesMax?: number;
 }
 
 interface Connection {
@@ -40,8 +43,11 @@ interface Connection {
   /** Answers gathered this turn, written together. */
   out: Uint8Array[];
   paused: boolean;
+  /** A 'drain' listener is waiting to resume reading. */
+  awaitingDrain: boolean;
   closed: boolean;
 }
+
 
 /** How long a new connection may wait before its first byte. */
 const firstByteTimeoutMs = 60_000;
@@ -55,12 +61,14 @@ export class ClientFrontDoor {
   private stopping = false;
   private readonly inflightMax: number;
   private readonly pendingBytesMax: number;
+  private readonly answerBytesMax: number;
   /** Requests and refusals over the wire protocol, for metrics. */
   readonly counts = { connections: 0, requests: 0, refused: 0, broken: 0 };
 
   constructor(private readonly options: WireServerOptions) {
     this.inflightMax = options.inflightMax ?? 4096;
     this.pendingBytesMax = options.pendingBytesMax ?? 8 * 1024 * 1024;
+    this.answerBytesMax = Math.min(options.answerBytesMax ?? frameBytesMax, frameBytesMax);
     this.server = net.createServer({ noDelay: true }, (socket) => this.sniff(socket));
   }
 
@@ -86,24 +94,27 @@ export class ClientFrontDoor {
       socket.setTimeout(0);
       socket.pause();
       if (first[0] === wirePreamble[0]) {
+        // It resumes the socket itself, unless the first chunk already filled its in-flight budget.
         this.serveWire(socket, first);
       } else {
         this.httpSockets.add(socket);
         socket.once('close', () => this.httpSockets.delete(socket));
         socket.unshift(first);
         this.options.http.emit('connection', socket);
+        socket.resume();
       }
-      socket.resume();
     });
     socket.on('error', () => {});
   }
 
   private serveWire(socket: net.Socket, first: Buffer): void {
     const limit = this.options.limits.requestBodyBytesMax + 64 * 1024;
-    const connection: Connection = { socket, decoder: new FrameDecoder({ frameBytesMax: limit }), inflight: 0, out: [], paused: false, closed: false };
+    const connection: Connection = { socket, decoder: new FrameDecoder({ frameBytesMax: limit }), inflight: 0, out: [], paused: false, awaitingDrain: false, closed: false };
     this.connections.add(connection);
     this.counts.connections += 1;
     socket.setNoDelay(true);
+    // A client that vanished without a word (a cut cable, a dead machine) is found and dropped.
+    socket.setKeepAlive(true, 30_000);
     socket.once('close', () => {
       connection.closed = true;
       this.connections.delete(connection);
@@ -129,6 +140,7 @@ export class ClientFrontDoor {
     };
     socket.on('data', onData);
     onData(first);
+    if (!connection.paused) socket.resume();
   }
 
   private onFrame(connection: Connection, payload: Uint8Array): void {
@@ -154,7 +166,14 @@ export class ClientFrontDoor {
     this.options.submit(request, (response) => {
       connection.inflight -= 1;
       if (connection.closed) return;
-      this.queue(connection, renderWireResponse(tag, response, this.options.mainAddress(response)));
+      let answer = renderWireResponse(tag, response, this.options.mainAddress(response));
+      if (answer.length > this.answerBytesMax) {
+        answer = encodeWireResponse(tag, { type: 'error', error: {
+          code: 'TOO_LARGE', definite: true,
+          message: `The answer is ${answer.length} bytes, more than the wire protocol's frame limit of ${this.answerBytesMax}; ask for fewer items or use the HTTP API`,
+        } });
+      }
+      this.queue(connection, answer);
     });
   }
 
@@ -173,11 +192,18 @@ export class ClientFrontDoor {
       const frames = connection.out;
       connection.out = [];
       if (connection.closed || frames.length === 0) continue;
-      connection.socket.write(encodeFrames(frames));
-      const backlog = connection.socket.writableLength;
-      if (backlog > this.pendingBytesMax) {
+      // Each answer fits a frame (see onFrame); several go out as consecutive frames.
+      for (const frame of frames) assert(frame.length <= this.answerBytesMax, 'a wire answer fits a frame');
+      connection.socket.write(encodeFrames(frames, this.answerBytesMax));
+      if (connection.socket.writableLength > this.pendingBytesMax) {
         this.pause(connection);
-        connection.socket.once('drain', () => this.maybeResume(connection));
+        if (!connection.awaitingDrain) {
+          connection.awaitingDrain = true;
+          connection.socket.once('drain', () => {
+            connection.awaitingDrain = false;
+            this.maybeResume(connection);
+          });
+        }
       } else {
         this.maybeResume(connection);
       }
@@ -206,5 +232,7 @@ export class ClientFrontDoor {
     connection.closed = true;
     const answer = encodeWireResponse(connectionTag, { type: 'error', error: { code, message, definite: true } });
     connection.socket.end(encodeFrames([answer]));
+    // A peer that never closes its side is not held.
+    setTimeout(() => connection.socket.destroy(), 5_000).unref();
   }
 }

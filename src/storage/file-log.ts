@@ -526,9 +526,11 @@ export class FileLog {
     await this.syncLog();
     const full = this.segments.at(-1) as Segment;
     if (full.allocatedBytes > full.sizeBytes) {
-      // Its unused zeros go, so only the newest segment has space ahead of its records. Not synced:
-      // should a crash undo the cut, the zeros are harmless.
+      // Its unused zeros go, so only the newest segment has space ahead of its records (an archive
+      // of a closed segment holds records only). Synced, once per segment: a closed segment is
+      // never synced again. Should a crash undo the cut anyway, the next open redoes it.
       await this.fs.ftruncate(this.currentFd as number, full.sizeBytes);
+      await this.fs.fsync(this.currentFd as number);
       full.allocatedBytes = full.sizeBytes;
     }
     await this.fs.close(this.currentFd as number);
@@ -808,10 +810,12 @@ async function recover(
     unlinked = true;
   }
   if (unlinked) await fileSystem.fsync(logDirFd);
+  const newest = scan.kept.at(-1);
   for (const extent of scan.kept) {
     const file = files[extent.index] as { name: string; sizeBytes: number };
-    // Zeros after the records are preallocated space: harmless, and the newest segment reuses them.
-    if (extent.validBytes === file.sizeBytes || extent.zeroTail) continue;
+    // Zeros after the records are preallocated space: the newest segment reuses them; an older one
+    // (a roll's cut that a crash undid) is cut again, so closed segments hold records only.
+    if (extent.validBytes === file.sizeBytes || (extent.zeroTail && extent === newest)) continue;
     file.sizeBytes = extent.validBytes;
     const fd = await fileSystem.open(join(logDir, file.name), openFlags.readWrite);
     try {

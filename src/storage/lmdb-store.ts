@@ -4,10 +4,10 @@
 // tail after appliedSeq (SPEC.md section 6).
 //
 // Writes are asynchronous: `commit` queues the batch and returns; it never waits for the disk.
-// Batches gather for up to `commitDelayMs` (10 ms) and go to lmdb-js's write thread together, as
-// one transaction (group commit: one data-file sync per transaction, not per batch; the log makes
-// writes durable, so the delay costs no safety). `flushed()` and `committed()` send what is
-// gathered at once. Until its transaction has
+// Batches gather for up to `commitDelayMs` (1 s by default; --state-commit-delay-ms) and go to
+// lmdb-js's write thread together, as one transaction (group commit: one data-file sync per
+// transaction, not per batch; the log makes writes durable, so the delay costs no safety).
+// `flushed()` and `committed()` send what is gathered at once. Until its transaction has
 // committed, a batch lives in an in-memory overlay that every read consults first, so reads see
 // every committed batch at once (read-your-writes). `flushed()` says when everything committed so
 // far is on disk. If LMDB fails to write (disk full, I/O error), the store stops: `commit` throws,
@@ -80,7 +80,7 @@ export interface LmdbStoreOptions {
   /** Initial size of the memory map; lmdb-js grows it as the data grows. */
   mapSizeBytes?: number;
   /**
-   * How long queued batches wait for more before their LMDB transaction starts (default 10 ms).
+   * How long queued batches wait for more before their LMDB transaction starts (default 1000 ms).
    * Every transaction costs a data-file sync; the log, not LMDB, makes a write durable, so grouping
    * many batches per transaction costs no safety, only overlay memory for that long.
    */
