@@ -796,39 +796,39 @@ class MainstayClient implements Client {
     this.closing.signal.addEventListener('abort', onClose);
     let timer: ReturnType<typeof setTimeout> | undefined;
     try {
-      let connecting = this.wireConnections.get(base);
-      if (connecting === undefined) {
-        connecting = WireConnection.connect(base, { connectTimeoutMs: timeoutMs });
-        this.wireConnections.set(base, connecting);
-        const created = connecting;
-        created.catch(() => {
-          if (this.wireConnections.get(base) === created) this.wireConnections.delete(base);
-        });
-      }
       const expired = new Promise<'timeout'>((resolve) => {
         timer = setTimeout(() => resolve('timeout'), timeoutMs);
       });
-      let connection: WireConnection | 'timeout' | 'closed';
-      try {
-        connection = await Promise.race([connecting, expired, closed]);
-      } catch (error) {
-        if (error instanceof WireProtocolMismatchError) {
-          // An HTTP-only server or proxy: this base gets HTTP from now on.
-          this.httpOnlyBases.add(base);
-          return undefined;
+      let connecting: Promise<WireConnection> | undefined;
+      let connection: WireConnection | 'timeout' | 'closed' | undefined;
+      // A cached connection the server has closed since (a restart, say) is replaced at once.
+      for (let tries = 0; tries < 2 && (connection === undefined || (typeof connection === 'object' && connection.closed)); tries++) {
+        connecting = this.wireConnections.get(base);
+        if (connecting === undefined || tries > 0) {
+          connecting = WireConnection.connect(base, { connectTimeoutMs: timeoutMs });
+          this.wireConnections.set(base, connecting);
+          const created = connecting;
+          created.catch(() => {
+            if (this.wireConnections.get(base) === created) this.wireConnections.delete(base);
+          });
         }
-        return { kind: 'network', sent: false, message: networkCode(error) ?? (error as Error).message };
+        try {
+          connection = await Promise.race([connecting, expired, closed]);
+        } catch (error) {
+          if (error instanceof WireProtocolMismatchError) {
+            // An HTTP-only server or proxy: this base gets HTTP from now on.
+            this.httpOnlyBases.add(base);
+            return undefined;
+          }
+          return { kind: 'network', sent: false, message: networkCode(error) ?? (error as Error).message };
+        }
       }
-      if (connection === 'timeout') return { kind: 'network', sent: false, message: `no connection within ${timeoutMs} ms` };
+      if (connection === undefined || connecting === undefined || connection === 'timeout') return { kind: 'network', sent: false, message: `no connection within ${timeoutMs} ms` };
       if (connection === 'closed') {
         connecting.then((late) => late.close(), () => {});
         return { kind: 'network', sent: true, message: 'the client was closed' };
       }
-      if (connection.closed) {
-        // The server closed it since (a restart, say): the next attempt connects afresh.
-        if (this.wireConnections.get(base) === connecting) this.wireConnections.delete(base);
-        return { kind: 'network', sent: false, message: 'the connection had closed' };
-      }
+      if (connection.closed) return { kind: 'network', sent: false, message: 'the connection closed at once' };
       let response: WireResponse | 'closed';
       try {
         response = await Promise.race([connection.request(request, Math.max(1, deadline - performance.now())), closed]);
