@@ -6,11 +6,11 @@ import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import fc from 'fast-check';
 
-import { AssertionError } from '../lib/assert.ts';
-import type { Compare, LogEntry, Operation, Session, Write, WriteResult } from '../protocol/types.ts';
-import { epoch, seq } from '../protocol/types.ts';
-import type { ApplyOutcome, KvLimits, SessionRecord, StoredValue } from './kv.ts';
-import { KvState, MemoryKvStore } from './kv.ts';
+import { AssertionError } from '../../src/lib/assert.ts';
+import type { Compare, LogEntry, Operation, Session, Write, WriteResult } from '../../src/protocol/types.ts';
+import { epoch, seq } from '../../src/protocol/types.ts';
+import type { ApplyOutcome, KvLimits, SessionRecord, StoredValue } from '../../src/core/kv.ts';
+import { KvState, MemoryKvStore } from '../../src/core/kv.ts';
 
 // ---------------------------------------------------------------------------------------------
 // Helpers

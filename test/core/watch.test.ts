@@ -1,11 +1,11 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import fc from 'fast-check';
-import type { LogEntry, Session, Write } from '../protocol/types.ts';
-import { epoch, seq } from '../protocol/types.ts';
-import { KvState, MemoryKvStore } from './kv.ts';
-import type { Change } from './watch.ts';
-import { ChangeRecorder, comparePositions } from './watch.ts';
+import type { LogEntry, Session, Write } from '../../src/protocol/types.ts';
+import { epoch, seq } from '../../src/protocol/types.ts';
+import { KvState, MemoryKvStore } from '../../src/core/kv.ts';
+import type { Change } from '../../src/core/watch.ts';
+import { ChangeRecorder, comparePositions } from '../../src/core/watch.ts';
 
 const bytes = (text: string): Uint8Array => new TextEncoder().encode(text);
 const text = (value: Uint8Array | undefined): string | undefined => value === undefined ? undefined : new TextDecoder().decode(value);
