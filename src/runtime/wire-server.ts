@@ -166,13 +166,7 @@ export class ClientFrontDoor {
     this.options.submit(request, (response) => {
       connection.inflight -= 1;
       if (connection.closed) return;
-      let answer = renderWireResponse(tag, response, this.options.mainAddress(response));
-      if (answer.length > this.answerBytesMax) {
-        answer = encodeWireResponse(tag, { type: 'error', error: {
-          code: 'TOO_LARGE', definite: true,
-          message: `The answer is ${answer.length} bytes, more than the wire protocol's frame limit of ${this.answerBytesMax}; ask for fewer items or use the HTTP API`,
-        } });
-      }
+      const answer = renderWireResponse(tag, response, this.options.mainAddress(response), this.answerBytesMax);
       this.queue(connection, answer);
     });
   }

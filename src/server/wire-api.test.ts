@@ -1,11 +1,11 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import type { ClientRequest, Write } from '../protocol/types.ts';
-import { serverId } from '../protocol/types.ts';
+import type { ClientRequest, ClientResponse, Write } from '../protocol/types.ts';
+import { seq, serverId } from '../protocol/types.ts';
 import { decodeWireResponse, encodeWireRequest } from '../protocol/wire.ts';
-import { defaultHttpApiLimits, parseHttpRequest, type HttpApiLimits } from './http-api.ts';
+import { defaultHttpApiLimits, parseHttpRequest, utf8Length, type HttpApiLimits } from './http-api.ts';
 import fc from 'fast-check';
-import { parseWireRequest, renderWireResponse, utf8Length } from './wire-api.ts';
+import { parseWireRequest, renderWireResponse } from './wire-api.ts';
 
 const limits: HttpApiLimits = { ...defaultHttpApiLimits, keyBytesMax: 8, valueBytesMax: 16, txnOperationsMax: 3, txnBytesMax: 40, listLimitMax: 10, clientIdBytesMax: 6 };
 const bytes = (text: string): Uint8Array => new TextEncoder().encode(text);
@@ -67,10 +67,19 @@ describe('wire API: the same limits as the HTTP API', () => {
   });
 
   it('names the main\'s client address with NOT_MAIN', () => {
-    const answer = renderWireResponse(3, { type: 'error', error: { code: 'NOT_MAIN', message: 'Not the main', definite: true, main: serverId('s2') } }, 'http://127.0.0.1:7002');
+    const answer = renderWireResponse(3, { type: 'error', error: { code: 'NOT_MAIN', message: 'Not the main', definite: true, main: serverId('s2') } }, 'http://127.0.0.1:7002', 1 << 20);
     assert.deepEqual(decodeWireResponse(answer).response, {
       type: 'error', error: { code: 'NOT_MAIN', message: 'Not the main', definite: true, main: 's2', mainAddress: 'http://127.0.0.1:7002' },
     });
+  });
+
+  it('answers TOO_LARGE on the tag of an answer over the frame limit', () => {
+    const items = Array.from({ length: 10 }, (_, i) => ({ key: `k${i}`, value: new Uint8Array(100), version: i + 1 }));
+    const list: ClientResponse = { type: 'list', items, appliedSeq: seq(10) };
+    assert.equal(decodeWireResponse(renderWireResponse(4, list, undefined, 1 << 20)).response.type, 'list');
+    const { tag, response } = decodeWireResponse(renderWireResponse(4, list, undefined, 512));
+    assert.equal(tag, 4);
+    assert.equal(response.type === 'error' ? response.error.code : response.type, 'TOO_LARGE');
   });
 
   it('counts UTF-8 bytes as TextEncoder writes them, lone surrogates included', () => {

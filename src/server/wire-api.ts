@@ -5,7 +5,7 @@
 import { CodecError } from '../protocol/codec.ts';
 import type { ClientRequest, ClientResponse, Operation, Write } from '../protocol/types.ts';
 import { decodeWireRequest, encodeWireResponse, wireTag, type WireResponse } from '../protocol/wire.ts';
-import type { HttpApiLimits } from './http-api.ts';
+import { utf8Length, type HttpApiLimits } from './http-api.ts';
 
 export type WireRequestResult =
   | { kind: 'request'; tag: number; request: ClientRequest }
@@ -45,11 +45,19 @@ export function parseWireRequest(payload: Uint8Array, limits: HttpApiLimits): Wi
   }
 }
 
-/** Encode the core's answer; with NOT_MAIN, name the main's client address when the map knows it. */
-export function renderWireResponse(tag: number, response: ClientResponse, mainAddress: string | undefined): Uint8Array {
-  if (response.type !== 'error' || response.error.code !== 'NOT_MAIN' || mainAddress === undefined) return encodeWireResponse(tag, response);
-  const answer: WireResponse = { type: 'error', error: { ...response.error, mainAddress } };
-  return encodeWireResponse(tag, answer);
+/**
+ * Encode the core's answer; with NOT_MAIN, name the main's client address when the map knows it.
+ * An answer over `answerBytesMax` (a frame's limit) becomes TOO_LARGE on its tag instead.
+ */
+export function renderWireResponse(tag: number, response: ClientResponse, mainAddress: string | undefined, answerBytesMax: number): Uint8Array {
+  const answer: WireResponse = response.type === 'error' && response.error.code === 'NOT_MAIN' && mainAddress !== undefined
+    ? { type: 'error', error: { ...response.error, mainAddress } } : response;
+  const encoded = encodeWireResponse(tag, answer);
+  if (encoded.length <= answerBytesMax) return encoded;
+  return encodeWireResponse(tag, { type: 'error', error: {
+    code: 'TOO_LARGE', definite: true,
+    message: `The answer is ${encoded.length} bytes, more than the wire protocol's frame limit of ${answerBytesMax}; ask for fewer items or use the HTTP API`,
+  } });
 }
 
 function checkRequest(request: ClientRequest, limits: HttpApiLimits): void {
@@ -141,17 +149,3 @@ function checkMinSeq(minSeq: number | undefined, limits: HttpApiLimits): void {
   if (minSeq !== undefined && minSeq > limits.seqMax) throw new Refusal('BAD_REQUEST', `Bad minSeq ${minSeq}: the largest is ${limits.seqMax}`);
 }
 
-/** Bytes of `text` in UTF-8 (as TextEncoder would write it: a lone surrogate as U+FFFD), without encoding it. */
-export function utf8Length(text: string): number {
-  let bytes = 0;
-  for (let i = 0; i < text.length; i++) {
-    const code = text.charCodeAt(i);
-    if (code < 0x80) bytes += 1;
-    else if (code < 0x800) bytes += 2;
-    else if (code >= 0xd800 && code <= 0xdbff && i + 1 < text.length && (text.charCodeAt(i + 1) & 0xfc00) === 0xdc00) {
-      bytes += 4;
-      i++;
-    } else bytes += 3;
-  }
-  return bytes;
-}
