@@ -13,8 +13,8 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { createWriteStream, type WriteStream } from 'node:fs';
 import { mkdir, open, readdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { reservePorts } from '../runtime/ports.ts';
 import { crc32, parseSegmentName, scanLog } from '../storage/log-format.ts';
-import { createServer } from 'node:net';
 import { basename, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { ChaosProxy, type Fault } from './proxy.ts';
@@ -51,25 +51,6 @@ export interface ChaosServer extends Process {
   peerProxy: ChaosProxy;
 }
 
-/**
- * `count` distinct free ports, held until `release()`: ports taken one at a time and freed at once
- * can come back twice (a server's HTTP port was once handed out again as another's peer port),
- * and a proxy started while they are held cannot take one of them either.
- */
-async function reservePorts(count: number): Promise<{ ports: number[]; release: () => Promise<void> }> {
-  const servers = await Promise.all(Array.from({ length: count }, () => new Promise<ReturnType<typeof createServer>>((resolve, reject) => {
-    const server = createServer();
-    server.once('error', reject);
-    server.listen(0, host, () => resolve(server));
-  })));
-  return {
-    ports: servers.map((server) => (server.address() as { port: number }).port),
-    release: async () => {
-      await Promise.all(servers.map((server) => new Promise((resolve) => server.close(resolve))));
-    },
-  };
-}
-
 export class ChaosCluster {
   readonly servers: ChaosServer[] = [];
   manager!: Process;
@@ -88,7 +69,7 @@ export class ChaosCluster {
   private async launchAll(): Promise<void> {
     const { dataDir } = this.options;
     await mkdir(dataDir, { recursive: true });
-    const reserved = await reservePorts(2 + 2 * this.options.servers);
+    const reserved = await reservePorts(2 + 2 * this.options.servers, host);
     const [managerHttp, managerPeer] = reserved.ports as [number, number];
     this.managerProxy = await ChaosProxy.start({ name: 'manager-peer', target: { host, port: managerPeer }, identify: 'hello' });
     this.managerUrl = `http://${host}:${managerHttp}`;
