@@ -799,31 +799,25 @@ class MainstayClient implements Client {
       const expired = new Promise<'timeout'>((resolve) => {
         timer = setTimeout(() => resolve('timeout'), timeoutMs);
       });
-      let connecting: Promise<WireConnection> | undefined;
-      let connection: WireConnection | 'timeout' | 'closed' | undefined;
-      // A cached connection the server has closed since (a restart, say) is replaced at once.
-      for (let tries = 0; tries < 2 && (connection === undefined || (typeof connection === 'object' && connection.closed)); tries++) {
-        connecting = this.wireConnections.get(base);
-        if (connecting === undefined || tries > 0) {
-          connecting = WireConnection.connect(base, { connectTimeoutMs: timeoutMs });
-          this.wireConnections.set(base, connecting);
-          const created = connecting;
-          created.catch(() => {
-            if (this.wireConnections.get(base) === created) this.wireConnections.delete(base);
-          });
-        }
-        try {
+      // The cached connection, or a new one; one the server has closed since (a restart, say) is
+      // replaced at once rather than costing the attempt.
+      let connecting = this.wireConnections.get(base) ?? this.openWire(base, timeoutMs);
+      let connection: WireConnection | 'timeout' | 'closed';
+      try {
+        connection = await Promise.race([connecting, expired, closed]);
+        if (typeof connection === 'object' && connection.closed) {
+          connecting = this.openWire(base, timeoutMs);
           connection = await Promise.race([connecting, expired, closed]);
-        } catch (error) {
-          if (error instanceof WireProtocolMismatchError) {
-            // An HTTP-only server or proxy: this base gets HTTP from now on.
-            this.httpOnlyBases.add(base);
-            return undefined;
-          }
-          return { kind: 'network', sent: false, message: networkCode(error) ?? (error as Error).message };
         }
+      } catch (error) {
+        if (error instanceof WireProtocolMismatchError) {
+          // An HTTP-only server or proxy: this base gets HTTP from now on.
+          this.httpOnlyBases.add(base);
+          return undefined;
+        }
+        return { kind: 'network', sent: false, message: networkCode(error) ?? (error as Error).message };
       }
-      if (connection === undefined || connecting === undefined || connection === 'timeout') return { kind: 'network', sent: false, message: `no connection within ${timeoutMs} ms` };
+      if (connection === 'timeout') return { kind: 'network', sent: false, message: `no connection within ${timeoutMs} ms` };
       if (connection === 'closed') {
         connecting.then((late) => late.close(), () => {});
         return { kind: 'network', sent: true, message: 'the client was closed' };
@@ -849,6 +843,16 @@ class MainstayClient implements Client {
       clearTimeout(timer);
       this.closing.signal.removeEventListener('abort', onClose);
     }
+  }
+
+  /** A new wire connection to `base`, cached until it fails. */
+  private openWire(base: string, timeoutMs: number): Promise<WireConnection> {
+    const connecting = WireConnection.connect(base, { connectTimeoutMs: timeoutMs });
+    this.wireConnections.set(base, connecting);
+    connecting.catch(() => {
+      if (this.wireConnections.get(base) === connecting) this.wireConnections.delete(base);
+    });
+    return connecting;
   }
 
   /** Ask the endpoints, in turn, for the cluster map; remember and return the main's URL. */

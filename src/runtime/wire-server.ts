@@ -63,7 +63,7 @@ export class ClientFrontDoor {
   private readonly pendingBytesMax: number;
   private readonly answerBytesMax: number;
   /** Requests and refusals over the wire protocol, for metrics. */
-  readonly counts = { connections: 0, requests: 0, refused: 0, broken: 0 };
+  readonly counts = { requests: 0, refused: 0, broken: 0 };
 
   constructor(private readonly options: WireServerOptions) {
     this.inflightMax = options.inflightMax ?? 4096;
@@ -111,7 +111,6 @@ export class ClientFrontDoor {
     const limit = this.options.limits.requestBodyBytesMax + 64 * 1024;
     const connection: Connection = { socket, decoder: new FrameDecoder({ frameBytesMax: limit }), inflight: 0, out: [], paused: false, awaitingDrain: false, closed: false };
     this.connections.add(connection);
-    this.counts.connections += 1;
     socket.setNoDelay(true);
     // A client that vanished without a word (a cut cable, a dead machine) is found and dropped.
     socket.setKeepAlive(true, 30_000);
