@@ -3,6 +3,7 @@
 // strings and bytes, seqs as 53-bit integers. Pure: no Node built-ins.
 
 import { assert } from '../lib/assert.ts';
+import { allocBytes, copyBytes } from '../lib/bytes.ts';
 import type {
   AppendReply, ClusterMap, ManagerToServer, Member, PeerMessage, ServerToManager,
 } from './messages.ts';
@@ -11,13 +12,8 @@ import { epoch, seq, serverId } from './types.ts';
 
 const textEncoder = new TextEncoder();
 const textDecoder = new TextDecoder('utf-8', { fatal: true });
-/** Strings up to this many units try the ASCII path first (cheaper than TextEncoder/TextDecoder calls). */
+/** Strings up to this many units are written by the ASCII path first (cheaper than a TextEncoder call). */
 const asciiFastPathMax = 64;
-
-function isAscii(bytes: Uint8Array): boolean {
-  for (let i = 0; i < bytes.length; i++) if ((bytes[i] as number) >= 0x80) return false;
-  return true;
-}
 
 export class CodecError extends Error {
   override name = 'CodecError';
@@ -28,19 +24,20 @@ export class Writer {
   private view: DataView;
   private length = 0;
 
+  /** `capacity`: the expected size; a good guess saves copies as the buffer grows. */
   constructor(capacity = 256) {
-    this.buffer = new Uint8Array(capacity);
-    this.view = new DataView(this.buffer.buffer);
+    this.buffer = allocBytes(capacity);
+    this.view = new DataView(this.buffer.buffer, this.buffer.byteOffset, this.buffer.byteLength);
   }
 
   private reserve(bytes: number): void {
     if (this.length + bytes <= this.buffer.length) return;
     let capacity = this.buffer.length * 2;
     while (capacity < this.length + bytes) capacity *= 2;
-    const grown = new Uint8Array(capacity);
+    const grown = allocBytes(capacity);
     grown.set(this.buffer.subarray(0, this.length));
     this.buffer = grown;
-    this.view = new DataView(grown.buffer);
+    this.view = new DataView(grown.buffer, grown.byteOffset, grown.byteLength);
   }
 
   u8(value: number): this {
@@ -140,10 +137,11 @@ export class Reader {
     return high * 0x100000000 + low;
   }
 
+  /** A copy (the input may be a reused network buffer), cut from a shared slab when small. */
   bytes(): Uint8Array {
     const length = this.u32();
     this.need(length);
-    const value = this.buffer.slice(this.offset, this.offset + length);
+    const value = copyBytes(this.buffer.subarray(this.offset, this.offset + length));
     this.offset += length;
     return value;
   }
@@ -151,8 +149,8 @@ export class Reader {
   string(): string {
     const length = this.u32();
     this.need(length);
-    const bytes = this.buffer.subarray(this.offset, this.offset + length);
-    const value = length <= asciiFastPathMax && isAscii(bytes) ? String.fromCharCode(...bytes) : textDecoder.decode(bytes);
+    // TextDecoder beats any JavaScript loop here, short ASCII included (and checks the UTF-8).
+    const value = textDecoder.decode(this.buffer.subarray(this.offset, this.offset + length));
     this.offset += length;
     return value;
   }

@@ -54,6 +54,7 @@ import { open } from 'lmdb';
 import type { Database, RootDatabase, Transaction } from 'lmdb';
 
 import { assert } from '../lib/assert.ts';
+import { copyBytes } from '../lib/bytes.ts';
 import type { KvBatch, KvSnapshotReader, KvStore, SessionRecord, SnapshotChunk, StoredValue } from '../core/kv.ts';
 import type { Epoch, KeyValue, Seq } from '../protocol/types.ts';
 import { epoch, seq } from '../protocol/types.ts';
@@ -91,6 +92,13 @@ export interface LmdbStoreOptions {
 export const defaultCommitDelayMs = 1000;
 
 /** A batch handed to LMDB whose transaction has not committed yet, with what it wrote. */
+interface KeyWrite {
+  key: string;
+  keyBytes: Buffer;
+  /** The encoded StoredValue; null removes the key. */
+  encoded: Buffer | null;
+}
+
 interface InflightBatch {
   id: number;
   /** The appliedSeq this batch writes. */
@@ -203,6 +211,12 @@ export class LmdbKvStore implements KvStore {
   private lastWrite: Promise<void> = Promise.resolve();
   /** Batches waiting (commitDelayMs at most) to be handed to lmdb-js together, and their ids. */
   private queued: (() => void)[] = [];
+  /** Newest write of each key by the batches queued since the last special write (see takeCoalesced). */
+  private queuedKeys = new Map<string, KeyWrite>();
+  /** The same for session records (null: removed). */
+  private queuedSessions = new Map<string, SessionRecord | null>();
+  /** The applied record of the last of those batches. */
+  private queuedApplied: { id: number; appliedSeq: Seq; appliedEpoch: Epoch } | null = null;
   private queuedFirstId: number | null = null;
   private queuedLastId = 0;
   private queueTimer: ReturnType<typeof setTimeout> | null = null;
@@ -330,40 +344,59 @@ export class LmdbKvStore implements KvStore {
     assert(batch.appliedSeq >= this.applied, 'appliedSeq never goes back');
     // Check and encode the whole batch before changing anything, so a refused batch leaves no trace.
     // The encoded values are fresh buffers: the caller may reuse its own afterwards.
-    const keyWrites: { key: string; keyBytes: Buffer; encoded: Buffer | null }[] = [];
+    const keyWrites: KeyWrite[] = [];
     for (const [key, stored] of batch.keys) {
       keyWrites.push({ key, keyBytes: encodeKey(key), encoded: stored === null ? null : encodeStored(stored) });
     }
-    const sessionWrites: { clientId: string; keyBytes: Buffer; record: SessionRecord | null; encoded: Buffer | null }[] = [];
+    const sessionWrites: { clientId: string; record: SessionRecord | null }[] = [];
     for (const [clientId, record] of batch.sessions) {
       assert(record === null || record.clientId === clientId, 'A session record must be filed under its clientId');
-      const encoded = record === null ? null : Buffer.from(JSON.stringify(record), 'utf8');
-      sessionWrites.push({ clientId, keyBytes: encodeKey(clientId), record, encoded });
+      sessionWrites.push({ clientId, record });
     }
-    const applied = encodeApplied(batch.appliedSeq, batch.appliedEpoch);
 
     const id = ++this.lastBatchId;
     for (const write of keyWrites) {
       // The overlay's value is a view into the encoded buffer; reads hand out copies of it.
       const stored = write.encoded === null ? null : decodeStoredView(write.encoded);
       this.pendingKeys.set(write.key, { batchId: id, stored });
+      this.queuedKeys.set(write.key, write);
     }
-    for (const write of sessionWrites) this.pendingSessions.set(write.clientId, { batchId: id, record: write.record });
+    for (const write of sessionWrites) {
+      this.pendingSessions.set(write.clientId, { batchId: id, record: write.record });
+      this.queuedSessions.set(write.clientId, write.record);
+    }
     this.applied = batch.appliedSeq;
     this.appliedAtEpoch = batch.appliedEpoch;
+    this.queuedApplied = { id, appliedSeq: batch.appliedSeq, appliedEpoch: batch.appliedEpoch };
 
     // The batch's writes land in one LMDB transaction, possibly with other whole batches, so every
-    // recovery is at a batch boundary.
-    this.enqueue({ id, appliedSeq: batch.appliedSeq, keys: keyWrites.map((write) => write.key), clientIds: sessionWrites.map((write) => write.clientId), isReset: false }, () => {
-      for (const write of keyWrites) {
+    // recovery is at a batch boundary. Batches queued together write each key and session once,
+    // with its newest state (queuedKeys), and the last batch's applied record.
+    this.enqueue({ id, appliedSeq: batch.appliedSeq, keys: keyWrites.map((write) => write.key), clientIds: sessionWrites.map((write) => write.clientId), isReset: false }, null);
+  }
+
+  /**
+   * The coalesced writes of the batches queued since the last special write (a reset, a snapshot
+   * chunk) as one closure, in their place in the queue, so that writes stay in batch order.
+   */
+  private takeCoalesced(): void {
+    const applied = this.queuedApplied;
+    if (applied === null) return;
+    const keys = this.queuedKeys;
+    const sessions = this.queuedSessions;
+    this.queuedKeys = new Map();
+    this.queuedSessions = new Map();
+    this.queuedApplied = null;
+    this.queued.push(() => {
+      for (const write of keys.values()) {
         if (write.encoded === null) void this.keys.remove(write.keyBytes);
         else void this.keys.put(write.keyBytes, write.encoded);
       }
-      for (const write of sessionWrites) {
-        if (write.encoded === null) void this.sessions.remove(write.keyBytes);
-        else void this.sessions.put(write.keyBytes, write.encoded);
+      for (const [clientId, record] of sessions) {
+        if (record === null) void this.sessions.remove(encodeKey(clientId));
+        else void this.sessions.put(encodeKey(clientId), Buffer.from(JSON.stringify(record), 'utf8'));
       }
-      void this.meta.put(appliedKey, applied, id);
+      void this.meta.put(appliedKey, encodeApplied(applied.appliedSeq, applied.appliedEpoch), applied.id);
     });
   }
 
@@ -577,9 +610,12 @@ export class LmdbKvStore implements KvStore {
    * has failed; the condition makes every later batch a no-op instead, so the disk never holds a
    * batch without all those before it. (It also stops a second process writing the same store.)
    */
-  private enqueue(batch: InflightBatch, writes: () => void): void {
+  private enqueue(batch: InflightBatch, writes: (() => void) | null): void {
     this.inflight.push(batch);
-    this.queued.push(writes);
+    if (writes !== null) {
+      this.takeCoalesced();
+      this.queued.push(writes);
+    }
     this.queuedFirstId ??= batch.id;
     this.queuedLastId = batch.id;
     if (this.commitDelayMs === 0) this.startWrite();
@@ -594,6 +630,7 @@ export class LmdbKvStore implements KvStore {
   private startWrite(): void {
     if (this.queueTimer !== null) clearTimeout(this.queueTimer);
     this.queueTimer = null;
+    this.takeCoalesced();
     const group = this.queued;
     const firstId = this.queuedFirstId;
     const lastId = this.queuedLastId;
@@ -858,16 +895,14 @@ function decodeStoredView(encoded: Buffer): StoredValue {
   return { value: encoded.subarray(versionBytes), version: readUint53(encoded, 0) };
 }
 
-/** A StoredValue with its own copy of the value, as a plain Uint8Array. */
+/** A StoredValue with its own copy of the value, as a plain Uint8Array (cut from a shared slab when small). */
 function decodeStored(bytes: Buffer): StoredValue {
   assert(bytes.length >= versionBytes, 'A stored value is shorter than its version');
-  const value = new Uint8Array(bytes.length - versionBytes);
-  bytes.copy(value, 0, versionBytes);
-  return { value, version: readUint53(bytes, 0) };
+  return { value: copyBytes(bytes.subarray(versionBytes)), version: readUint53(bytes, 0) };
 }
 
 function copyStored(stored: StoredValue): StoredValue {
-  return { value: new Uint8Array(stored.value), version: stored.version };
+  return { value: copyBytes(stored.value), version: stored.version };
 }
 
 function decodeSession(bytes: Buffer): SessionRecord {

@@ -4,6 +4,7 @@
 // built-ins and no Buffer, so the same code can run under the simulator.
 
 import { assert } from '../lib/assert.ts';
+import { allocBytes } from '../lib/bytes.ts';
 
 /** Bytes of the length prefix in front of every payload. */
 export const frameHeaderBytes = 4;
@@ -50,7 +51,7 @@ export function encodeFrames(payloads: readonly Uint8Array[], limit = frameBytes
     assert(payload.length <= limit, `Frame payload of ${payload.length} bytes exceeds the limit of ${limit}`);
     total += frameHeaderBytes + payload.length;
   }
-  const frames = new Uint8Array(total);
+  const frames = allocBytes(total);
   let offset = 0;
   for (const payload of payloads) {
     writeFrameHeader(frames, offset, payload.length);
@@ -156,7 +157,7 @@ export class FrameDecoder {
       this.advance(count, head.length);
       return view;
     }
-    const copy = new Uint8Array(count);
+    const copy = allocBytes(count);
     let copied = 0;
     while (copied < count) {
       const chunk = this.chunks[this.chunkIndex];
