@@ -345,6 +345,30 @@ describe('LmdbKvStore', () => {
     await reopened.close();
   }));
 
+  it('writes the newest state of each key and session of one transaction, in batch order around a reset', () => withDirectory(async (dir) => {
+    const store = await openLmdbStore(dir, { commitDelayMs: 60_000 });
+    const record = (requestId: number, at: number, clientId = 'c'): SessionRecord =>
+      ({ clientId, requestId, result: { status: 'ok', seq: seq(at), epoch: epoch(1), version: at }, lastSeq: seq(at) });
+    const commit = (at: number, keys: [string, StoredValue | null][], sessions: [string, SessionRecord | null][]): void =>
+      store.commit({ keys: new Map(keys), sessions: new Map(sessions), appliedSeq: seq(at), appliedEpoch: epoch(1) });
+    // All in one queued group: before the reset (gone after it), then after it.
+    commit(1, [['gone', stored('g', 1)], ['a', stored('a1', 1)]], [['old', record(1, 1, 'old')]]);
+    store.reset();
+    commit(1, [['a', stored('a1', 1)], ['b', stored('b1', 1)], ['d', stored('d1', 1)]], [['c', record(1, 1)]]);
+    commit(2, [['a', stored('a2', 2)], ['d', null]], [['c', record(2, 2)]]);
+    commit(3, [['a', stored('a3', 3)], ['b', null], ['d', stored('d3', 3)]], [['c', record(3, 3)]]);
+    commit(4, [['b', stored('b4', 4)]], []);
+    const expected = [{ key: 'a', ...stored('a3', 3) }, { key: 'b', ...stored('b4', 4) }, { key: 'd', ...stored('d3', 3) }];
+    assert.deepEqual(store.range('', 10), expected);
+    await store.flushed();
+    await store.close();
+    const reopened = await openLmdbStore(dir);
+    assert.equal(reopened.appliedSeq(), 4);
+    assert.deepEqual(reopened.range('', 10), expected);
+    assert.deepEqual(reopened.loadSessions(), [record(3, 3)]);
+    await reopened.close();
+  }));
+
   it('keeps an overwritten key in the overlay until the later batch commits', () => withDirectory(async (dir) => {
     // No delay, so that transactions commit between the event turns of the test.
     const store = await openLmdbStore(dir, { commitDelayMs: 0 });
