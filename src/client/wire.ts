@@ -34,7 +34,14 @@ export interface WireConnectOptions {
 interface Pending {
   resolve(response: WireResponse): void;
   reject(error: Error): void;
+  /** performance.now() when sent. */
+  sentAtMs: number;
+  /** performance.now() past which it times out; Infinity without a timeout. */
+  deadlineMs: number;
 }
+
+/** How often pending requests are checked against their deadlines (one timer per connection, not one per request). */
+const deadlineCheckMs = 20;
 
 export class WireConnection {
   private readonly pending = new Map<number, Pending>();
@@ -45,6 +52,10 @@ export class WireConnection {
   private readonly decoder = new FrameDecoder();
   /** When something last arrived (performance.now()): a connection silent through a timeout is presumed dead. */
   private lastReceivedMs = performance.now();
+  /** Checks deadlines while some pending request has one. */
+  private deadlineTimer: ReturnType<typeof setInterval> | null = null;
+  /** Pending requests with a deadline. */
+  private withDeadline = 0;
 
   private constructor(private readonly socket: net.Socket) {}
 
@@ -118,33 +129,37 @@ export class WireConnection {
     // Requests in flight keep the process alive; an idle connection does not.
     if (this.pending.size === 0) this.socket.ref();
     const sentAtMs = performance.now();
+    const deadlineMs = timeoutMs === undefined ? Infinity : sentAtMs + timeoutMs;
+    if (timeoutMs !== undefined) {
+      this.withDeadline++;
+      this.deadlineTimer ??= setInterval(() => this.expire(), Math.min(deadlineCheckMs, Math.max(1, timeoutMs)));
+    }
     return new Promise((resolve, reject) => {
-      let timer: ReturnType<typeof setTimeout> | undefined;
-      const settle = (): void => {
-        if (timer !== undefined) clearTimeout(timer);
-        this.pending.delete(tag);
-        if (this.pending.size === 0 && this.failure === null) this.socket.unref();
-      };
-      this.pending.set(tag, {
-        resolve: (response) => {
-          settle();
-          resolve(response);
-        },
-        reject: (error) => {
-          settle();
-          reject(error);
-        },
-      });
-      if (timeoutMs !== undefined) {
-        timer = setTimeout(() => {
-          if (!this.pending.has(tag)) return;
-          settle();
-          // Nothing at all arrived since this request left: the server or the path to it is gone.
-          if (this.lastReceivedMs < sentAtMs) this.fail(new Error(`nothing arrived for ${timeoutMs} ms`));
-          reject(new WireTimeoutError(`No answer within ${timeoutMs} ms`));
-        }, timeoutMs);
-      }
+      this.pending.set(tag, { resolve, reject, sentAtMs, deadlineMs });
     });
+  }
+
+  /** Forget a settled request. */
+  private settle(tag: number, pending: Pending): void {
+    this.pending.delete(tag);
+    if (pending.deadlineMs !== Infinity && --this.withDeadline === 0 && this.deadlineTimer !== null) {
+      clearInterval(this.deadlineTimer);
+      this.deadlineTimer = null;
+    }
+    if (this.pending.size === 0 && this.failure === null) this.socket.unref();
+  }
+
+  /** Time out the requests past their deadline; the connection stays open for the others. */
+  private expire(): void {
+    const now = performance.now();
+    for (const [tag, pending] of this.pending) {
+      if (pending.deadlineMs > now) continue;
+      this.settle(tag, pending);
+      const timeoutMs = Math.round(pending.deadlineMs - pending.sentAtMs);
+      // Nothing at all arrived since this request left: the server or the path to it is gone.
+      if (this.lastReceivedMs < pending.sentAtMs) this.fail(new Error(`nothing arrived for ${timeoutMs} ms`));
+      pending.reject(new WireTimeoutError(`No answer within ${timeoutMs} ms`));
+    }
   }
 
   close(): void {
@@ -184,7 +199,10 @@ export class WireConnection {
         return;
       }
       // An answer to a request that timed out has no waiter any more.
-      this.pending.get(decoded.tag)?.resolve(decoded.response);
+      const pending = this.pending.get(decoded.tag);
+      if (pending === undefined) continue;
+      this.settle(decoded.tag, pending);
+      pending.resolve(decoded.response);
     }
     if (error !== null) this.fail(error);
   }
@@ -193,6 +211,9 @@ export class WireConnection {
     if (this.failure !== null) return;
     this.failure = error;
     this.socket.destroy();
+    if (this.deadlineTimer !== null) clearInterval(this.deadlineTimer);
+    this.deadlineTimer = null;
+    this.withDeadline = 0;
     const waiting = [...this.pending.values()];
     this.pending.clear();
     for (const waiter of waiting) waiter.reject(new WireConnectionError(error.message, true));

@@ -39,7 +39,13 @@ export type WireResponse =
 // ---------------------------------------------------------------- requests
 
 export function encodeWireRequest(tag: number, request: ClientRequest): Uint8Array {
-  const writer = new Writer(64);
+  // Sized for a put with a session in one go (no growing copies): ids and keys are mostly ASCII.
+  let sizeHint = 64;
+  if (request.type === 'write') {
+    if (request.session !== undefined) sizeHint += request.session.clientId.length;
+    if (request.write.type === 'put') sizeHint += request.write.key.length + request.write.value.length;
+  }
+  const writer = new Writer(sizeHint);
   writer.u32(tag);
   switch (request.type) {
     case 'write':
