@@ -325,9 +325,15 @@ function deletedKeys(write: Write): readonly string[] {
  */
 function recordChanges(entry: LogEntry, result: WriteResult, existedBefore: readonly boolean[], changes: Change[]): void {
   const write = entry.write;
-  const operations: readonly Operation[] = write.type === 'put' || write.type === 'delete'
-    ? (result.status === 'ok' ? [write] : [])
-    : write.type === 'txn' ? (result.status === 'txn' && result.succeeded ? write.success : write.failure) : [];
+  if (write.type === 'put' || write.type === 'delete') {
+    // One key, one operation: the general path's maps would say the same, at a price per write.
+    if (result.status !== 'ok' || (write.type === 'delete' && existedBefore[0] !== true)) return;
+    const change: Change = { seq: entry.seq, epoch: entry.epoch, index: 0, last: true, type: write.type, key: write.key, version: entry.seq };
+    if (write.type === 'put') change.value = write.value;
+    changes.push(change);
+    return;
+  }
+  const operations: readonly Operation[] = write.type === 'txn' ? (result.status === 'txn' && result.succeeded ? write.success : write.failure) : [];
   if (operations.length === 0) return;
   const existed = new Map<string, boolean>();
   deletedKeys(write).forEach((key, i) => existed.set(key, existedBefore[i] as boolean));
