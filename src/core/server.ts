@@ -1283,7 +1283,9 @@ export class ServerCore {
         return;
       }
       // A state already at or past the snapshot needs none (a late chunk of an older snapshot).
-      if (message.seq <= this.kv.appliedSeq || this.holdsEntry(message.seq, message.snapshotEpoch)) {
+      // With K = 0 an applied seq proves nothing: the state may hold entries a failover lost
+      // (applied up to the same seq in an older epoch), which only the snapshot replaces.
+      if ((message.seq <= this.kv.appliedSeq && this.ackQuorum > 0) || this.holdsEntry(message.seq, message.snapshotEpoch)) {
         // Installing would empty a log that may hold the last committed entry (the main decided
         // from a reply that was out of date): entries after the snapshot's seq will do.
         ack(-2);

@@ -61,6 +61,7 @@ describe('simulator', () => {
       939, // a late chunk of an older snapshot emptied a standby whose state was already past it
       4251, // K = 0: the main kept a standby's old matchSeq after it emptied its log, and probed above its end forever
       9319, // an install whose main was gone kept the only complete server refusing to become main
+      24766, 54857, 93388, // K = 0: a state applied up to the main's snapshot seq in a lost epoch refused the snapshot that would replace it
     ];
     for (const seed of regressionSeeds) {
       const result = runSimulation({ seed });
