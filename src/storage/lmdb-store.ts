@@ -92,13 +92,6 @@ export interface LmdbStoreOptions {
 export const defaultCommitDelayMs = 1000;
 
 /** A batch handed to LMDB whose transaction has not committed yet, with what it wrote. */
-interface KeyWrite {
-  key: string;
-  keyBytes: Buffer;
-  /** The encoded StoredValue; null removes the key. */
-  encoded: Buffer | null;
-}
-
 interface InflightBatch {
   id: number;
   /** The appliedSeq this batch writes. */
@@ -111,8 +104,8 @@ interface InflightBatch {
 interface PendingKey {
   /** The last batch that wrote this key. */
   batchId: number;
-  /** null: deleted. */
-  stored: StoredValue | null;
+  /** The key's new StoredValue as LMDB will hold it (encodeStored); null: deleted. */
+  encoded: Buffer | null;
 }
 
 interface PendingSession {
@@ -212,7 +205,7 @@ export class LmdbKvStore implements KvStore {
   /** Batches waiting (commitDelayMs at most) to be handed to lmdb-js together, and their ids. */
   private queued: (() => void)[] = [];
   /** Newest write of each key by the batches queued since the last special write (see takeCoalesced). */
-  private queuedKeys = new Map<string, KeyWrite>();
+  private queuedKeys = new Map<string, Buffer | null>();
   /** The same for session records (null: removed). */
   private queuedSessions = new Map<string, SessionRecord | null>();
   /** The applied record of the last of those batches. */
@@ -261,7 +254,7 @@ export class LmdbKvStore implements KvStore {
   get(key: string): StoredValue | undefined {
     this.assertReadable();
     const pending = this.pendingKeys.get(key);
-    if (pending !== undefined) return pending.stored === null ? undefined : copyStored(pending.stored);
+    if (pending !== undefined) return pending.encoded === null ? undefined : decodeStored(pending.encoded);
     if (this.pendingResetId !== null) return undefined;
     const keyBytes = encodeKeyToRead(key);
     // The empty key and keys longer than the limit cannot have been written.
@@ -278,19 +271,19 @@ export class LmdbKvStore implements KvStore {
     // A prefix longer than any key matches none.
     if (prefixBytes !== undefined && prefixBytes.length > lmdbKeyBytesMax) return result;
     // The overlay is small (batches in flight), so scanning it whole is cheaper than indexing it.
-    const overlay: [string, StoredValue | null][] = [];
+    const overlay: [string, Buffer | null][] = [];
     for (const [key, pending] of this.pendingKeys) {
-      if (key.startsWith(prefix)) overlay.push([key, pending.stored]);
+      if (key.startsWith(prefix)) overlay.push([key, pending.encoded]);
     }
     overlay.sort(([a], [b]) => compareKeys(a, b));
     let next = 0;
     /** Take overlay entries ordered before `key` (all of them if undefined). */
     const takeOverlayBefore = (key: string | undefined): void => {
       while (next < overlay.length && result.length < limit) {
-        const [pendingKey, stored] = overlay[next] as [string, StoredValue | null];
+        const [pendingKey, encoded] = overlay[next] as [string, Buffer | null];
         if (key !== undefined && compareKeys(pendingKey, key) >= 0) return;
         next++;
-        if (stored !== null) result.push({ key: pendingKey, ...copyStored(stored) });
+        if (encoded !== null) result.push({ key: pendingKey, ...decodeStored(encoded) });
       }
     };
     if (this.pendingResetId === null) {
@@ -344,22 +337,28 @@ export class LmdbKvStore implements KvStore {
     assert(batch.appliedSeq >= this.applied, 'appliedSeq never goes back');
     // Check and encode the whole batch before changing anything, so a refused batch leaves no trace.
     // The encoded values are fresh buffers: the caller may reuse its own afterwards.
-    const keyWrites: KeyWrite[] = [];
+    const keys: string[] = [];
+    const encodedValues: (Buffer | null)[] = [];
     for (const [key, stored] of batch.keys) {
-      keyWrites.push({ key, keyBytes: encodeKey(key), encoded: stored === null ? null : encodeStored(stored) });
+      checkKey(key);
+      keys.push(key);
+      encodedValues.push(stored === null ? null : encodeStored(stored));
     }
     const sessionWrites: { clientId: string; record: SessionRecord | null }[] = [];
     for (const [clientId, record] of batch.sessions) {
       assert(record === null || record.clientId === clientId, 'A session record must be filed under its clientId');
+      checkKey(clientId);
       sessionWrites.push({ clientId, record });
     }
 
     const id = ++this.lastBatchId;
-    for (const write of keyWrites) {
-      // The overlay's value is a view into the encoded buffer; reads hand out copies of it.
-      const stored = write.encoded === null ? null : decodeStoredView(write.encoded);
-      this.pendingKeys.set(write.key, { batchId: id, stored });
-      this.queuedKeys.set(write.key, write);
+    for (let i = 0; i < keys.length; i++) {
+      // One small object per key waiting for LMDB (reads decode a copy of the value): the overlay
+      // holds a second of writes, and every object in it lives long enough to cost the GC.
+      const key = keys[i] as string;
+      const encoded = encodedValues[i] as Buffer | null;
+      this.pendingKeys.set(key, { batchId: id, encoded });
+      this.queuedKeys.set(key, encoded);
     }
     for (const write of sessionWrites) {
       this.pendingSessions.set(write.clientId, { batchId: id, record: write.record });
@@ -372,7 +371,7 @@ export class LmdbKvStore implements KvStore {
     // The batch's writes land in one LMDB transaction, possibly with other whole batches, so every
     // recovery is at a batch boundary. Batches queued together write each key and session once,
     // with its newest state (queuedKeys), and the last batch's applied record.
-    this.enqueue({ id, appliedSeq: batch.appliedSeq, keys: keyWrites.map((write) => write.key), clientIds: sessionWrites.map((write) => write.clientId), isReset: false }, null);
+    this.enqueue({ id, appliedSeq: batch.appliedSeq, keys, clientIds: sessionWrites.map((write) => write.clientId), isReset: false }, null);
   }
 
   /**
@@ -388,9 +387,9 @@ export class LmdbKvStore implements KvStore {
     this.queuedSessions = new Map();
     this.queuedApplied = null;
     this.queued.push(() => {
-      for (const write of keys.values()) {
-        if (write.encoded === null) void this.keys.remove(write.keyBytes);
-        else void this.keys.put(write.keyBytes, write.encoded);
+      for (const [key, encoded] of keys) {
+        if (encoded === null) void this.keys.remove(encodeKey(key));
+        else void this.keys.put(encodeKey(key), encoded);
       }
       for (const [clientId, record] of sessions) {
         if (record === null) void this.sessions.remove(encodeKey(clientId));
@@ -849,12 +848,17 @@ export async function writeRestoredStore(path: string, source: AsyncIterable<Sna
 const loneSurrogate = /\p{Surrogate}/u;
 
 /** The bytes of a key or clientId to write; the protocol must have refused any other. */
-function encodeKey(key: string): Buffer {
+/** Throws unless `key` can be an LMDB key (checked before a batch changes anything). */
+function checkKey(key: string): void {
   assert(!loneSurrogate.test(key), 'Keys and clientIds must be well-formed Unicode (no lone surrogates)');
-  const bytes = Buffer.from(key, 'utf8');
-  assert(bytes.length > 0, 'Keys and clientIds must not be empty');
-  assert(bytes.length <= lmdbKeyBytesMax, `Keys and clientIds must have at most ${lmdbKeyBytesMax} UTF-8 bytes`);
-  return bytes;
+  const length = Buffer.byteLength(key, 'utf8');
+  assert(length > 0, 'Keys and clientIds must not be empty');
+  assert(length <= lmdbKeyBytesMax, `Keys and clientIds must have at most ${lmdbKeyBytesMax} UTF-8 bytes`);
+}
+
+function encodeKey(key: string): Buffer {
+  checkKey(key);
+  return Buffer.from(key, 'utf8');
 }
 
 /** The bytes of a key or prefix to read; undefined for the empty string. */
@@ -890,20 +894,12 @@ function encodeStored(stored: StoredValue): Buffer {
   return encoded;
 }
 
-/** A StoredValue whose value is a view into `encoded` (for the overlay only). */
-function decodeStoredView(encoded: Buffer): StoredValue {
-  return { value: encoded.subarray(versionBytes), version: readUint53(encoded, 0) };
-}
-
 /** A StoredValue with its own copy of the value, as a plain Uint8Array (cut from a shared slab when small). */
 function decodeStored(bytes: Buffer): StoredValue {
   assert(bytes.length >= versionBytes, 'A stored value is shorter than its version');
   return { value: copyBytes(bytes.subarray(versionBytes)), version: readUint53(bytes, 0) };
 }
 
-function copyStored(stored: StoredValue): StoredValue {
-  return { value: copyBytes(stored.value), version: stored.version };
-}
 
 function decodeSession(bytes: Buffer): SessionRecord {
   return JSON.parse(bytes.toString('utf8')) as SessionRecord;
