@@ -1278,6 +1278,9 @@ export class ServerCore {
     }
     let installing = this.installing;
     if (installing === undefined || installing.id !== message.snapshotId || installing.main !== from || installing.epoch !== message.epoch) {
+      // A late chunk of a snapshot this main has since replaced (ids grow per main and epoch):
+      // restarting on it would throw away the newer install, whose acked chunks are not resent.
+      if (installing !== undefined && installing.main === from && installing.epoch === message.epoch && message.snapshotId < installing.id) return;
       if (message.index !== 0) {
         ack(-1);
         return;

@@ -62,6 +62,7 @@ describe('simulator', () => {
       4251, // K = 0: the main kept a standby's old matchSeq after it emptied its log, and probed above its end forever
       9319, // an install whose main was gone kept the only complete server refusing to become main
       24766, 54857, 93388, // K = 0: a state applied up to the main's snapshot seq in a lost epoch refused the snapshot that would replace it
+      31582, 28064, 29899, 40270, 47335, 59659, // a late chunk 0 of an older snapshot restarted a newer install whose acknowledged chunks the main no longer sends: stuck at seq 0
     ];
     for (const seed of regressionSeeds) {
       const result = runSimulation({ seed });
