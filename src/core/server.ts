@@ -922,7 +922,9 @@ export class ServerCore {
 
   private notMain(): ClientResponse {
     const main = this.map?.epoch === this.promisedEpoch && this.map.main !== null ? this.map.main : this.mainId;
-    return errorResponse('NOT_MAIN', 'This server is not the main', true, main);
+    // A server appointed main that does not act as one (it refused, or is still taking over)
+    // names no main rather than itself: a client would only come straight back.
+    return errorResponse('NOT_MAIN', 'This server is not the main', true, main === this.id ? undefined : main);
   }
 
   private onWrite(requestId: number, write: Write, session: Session | undefined): void {

@@ -194,6 +194,11 @@ interface ClientOperation {
 interface Client {
   id: number;
   guess: number;
+  /**
+   * Round-robin position, moved only when an answer names no main: a hint moves guess alone, so
+   * stale hints (removed servers keep the map of their last epoch) cannot trap the client in a cycle.
+   */
+  scan: number;
   operation: ClientOperation | undefined;
   attempt: number;
   nextRequestId: number;
@@ -306,7 +311,8 @@ class Simulation {
     this.managerDurable = initialManagerState(this.members, this.ackQuorum);
     const clientCount = random.int(1, 5);
     for (let i = 0; i < clientCount; i++) {
-      this.clients.push({ id: i, guess: random.int(0, serverCount - 1), operation: undefined, attempt: 0, nextRequestId: 1, operationsLeft: random.int(20, 120), known: new Map(), lastWriteSeq: 0 });
+      const guess = random.int(0, serverCount - 1);
+      this.clients.push({ id: i, guess, scan: guess, operation: undefined, attempt: 0, nextRequestId: 1, operationsLeft: random.int(20, 120), known: new Map(), lastWriteSeq: 0 });
     }
   }
 
@@ -982,8 +988,13 @@ class Simulation {
 
   private onAttemptTimeout(client: Client, attempt: number): void {
     if (client.attempt !== attempt || client.operation === undefined) return;
-    client.guess = (client.guess + 1) % this.servers.length;
+    this.nextGuess(client);
     this.retryOrGiveUp(client);
+  }
+
+  private nextGuess(client: Client): void {
+    client.scan = (client.scan + 1) % this.servers.length;
+    client.guess = client.scan;
   }
 
   private retryOrGiveUp(client: Client): void {
@@ -1011,10 +1022,11 @@ class Simulation {
         client.known.delete(history.key);
         return;
       }
-      if (error.code === 'NOT_MAIN' && error.main !== undefined) {
+      const answered = this.servers[client.guess]?.id;
+      if (error.code === 'NOT_MAIN' && error.main !== undefined && error.main !== answered) {
         client.guess = this.servers.findIndex((node) => node.id === error.main);
       } else {
-        client.guess = (client.guess + 1) % this.servers.length;
+        this.nextGuess(client);
       }
       this.schedule(10, { type: 'retry', client: client.id, attempt: client.attempt });
       return;
