@@ -63,6 +63,7 @@ describe('simulator', () => {
       9319, // an install whose main was gone kept the only complete server refusing to become main
       24766, 54857, 93388, // K = 0: a state applied up to the main's snapshot seq in a lost epoch refused the snapshot that would replace it
       31582, 28064, 29899, 40270, 47335, 59659, // a late chunk 0 of an older snapshot restarted a newer install whose acknowledged chunks the main no longer sends: stuck at seq 0
+      40342, // the same, with the simulated clients of the next commit (the seeds above no longer reach it)
       11929, 24182, 11383, 21072, 26290, 39277, 21140, 47608, // clients cycled between removed servers' stale NOT_MAIN hints (and a server naming itself main)
     ];
     for (const seed of regressionSeeds) {
