@@ -328,9 +328,9 @@ function recordChanges(entry: LogEntry, result: WriteResult, existedBefore: read
   if (write.type === 'put' || write.type === 'delete') {
     // One key, one operation: the general path's maps would say the same, at a price per write.
     if (result.status !== 'ok' || (write.type === 'delete' && existedBefore[0] !== true)) return;
-    const change: Change = { seq: entry.seq, epoch: entry.epoch, index: 0, last: true, type: write.type, key: write.key, version: entry.seq };
-    if (write.type === 'put') change.value = write.value;
-    changes.push(change);
+    changes.push(write.type === 'put'
+      ? { seq: entry.seq, epoch: entry.epoch, index: 0, last: true, type: 'put', key: write.key, value: write.value, version: entry.seq }
+      : { seq: entry.seq, epoch: entry.epoch, index: 0, last: true, type: 'delete', key: write.key, version: entry.seq });
     return;
   }
   const operations: readonly Operation[] = write.type === 'txn' ? (result.status === 'txn' && result.succeeded ? write.success : write.failure) : [];
@@ -342,9 +342,10 @@ function recordChanges(entry: LogEntry, result: WriteResult, existedBefore: read
   const first = changes.length;
   for (const [key, value] of final) {
     if (value === null && existed.get(key) !== true) continue;
-    const change: Change = { seq: entry.seq, epoch: entry.epoch, index: changes.length - first, last: false, type: value === null ? 'delete' : 'put', key, version: entry.seq };
-    if (value !== null) change.value = value;
-    changes.push(change);
+    const index = changes.length - first;
+    changes.push(value === null
+      ? { seq: entry.seq, epoch: entry.epoch, index, last: false, type: 'delete', key, version: entry.seq }
+      : { seq: entry.seq, epoch: entry.epoch, index, last: false, type: 'put', key, value, version: entry.seq });
   }
   if (changes.length > first) (changes[changes.length - 1] as Change).last = true;
 }

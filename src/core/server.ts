@@ -957,8 +957,9 @@ export class ServerCore {
       this.reply(requestId, errorResponse('UNAVAILABLE', `The main cannot commit: ${this.log.lastSeq - this.commitSeq} entries are waiting for ${this.ackQuorum} standby acknowledgements`, true));
       return;
     }
-    const entry: LogEntry = { epoch: this.promisedEpoch, seq: seq(this.log.lastSeq + 1), write };
-    if (session !== undefined) entry.session = session;
+    const at = seq(this.log.lastSeq + 1);
+    // Whole literals, not a field added later (which costs every retained entry a property array).
+    const entry: LogEntry = session === undefined ? { epoch: this.promisedEpoch, seq: at, write } : { epoch: this.promisedEpoch, seq: at, write, session };
     this.log.append(entry);
     this.pendingWrites.set(requestId, { requestId, seq: entry.seq, deadlineMs: this.now + this.config.timings.writeTimeoutMs });
     const waiting = this.pendingBySeq.get(entry.seq);

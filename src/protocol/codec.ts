@@ -134,7 +134,8 @@ export class Reader {
     const high = this.view.getUint32(this.offset + 4, true);
     this.offset += 8;
     if (high > 0x1fffff) throw new CodecError('Integer above 2^53');
-    return high * 0x100000000 + low;
+    // A small value stays the integer getUint32 made (no boxed double in the objects it lands in).
+    return high === 0 ? low : high * 0x100000000 + low;
   }
 
   /** A copy (the input may be a reused network buffer), cut from a shared slab when small. */
@@ -262,12 +263,13 @@ export function writeEntry(writer: Writer, entry: LogEntry): void {
 }
 
 export function readEntry(reader: Reader): LogEntry {
-  const entry: LogEntry = { epoch: epoch(reader.u32()), seq: seq(reader.u53()), write: readWrite(reader) };
-  if (reader.bool()) {
-    const session: Session = { clientId: reader.string(), requestId: reader.u53() };
-    entry.session = session;
-  }
-  return entry;
+  const entryEpoch = epoch(reader.u32());
+  const entrySeq = seq(reader.u53());
+  const write = readWrite(reader);
+  if (!reader.bool()) return { epoch: entryEpoch, seq: entrySeq, write };
+  const session: Session = { clientId: reader.string(), requestId: reader.u53() };
+  // Whole literals, not a field added later: that would give every entry a separate property array.
+  return { epoch: entryEpoch, seq: entrySeq, write, session };
 }
 
 export function encodeEntry(entry: LogEntry): Uint8Array {

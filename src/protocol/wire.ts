@@ -86,8 +86,8 @@ export function decodeWireRequest(payload: Uint8Array): { tag: number; request: 
       case RequestTag.Write: {
         let session: Session | undefined;
         if (reader.bool()) session = { clientId: reader.string(), requestId: reader.u53() };
-        request = { type: 'write', write: readWrite(reader) };
-        if (session !== undefined) request.session = session;
+        const write = readWrite(reader);
+        request = session === undefined ? { type: 'write', write } : { type: 'write', write, session };
         break;
       }
       case RequestTag.Read:
