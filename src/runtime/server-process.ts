@@ -162,13 +162,22 @@ export async function startServerProcess(config: ServerProcessConfig): Promise<R
 
   const run = (effects: ServerEffect[]): void => {
     metrics.onEffects(effects);
+    updatePeers(core.currentMap);
+    // Messages first, and out at once (one socket write per peer): standbys start on an append
+    // while this server encodes and writes its own copy. Nothing depends on the order: the core
+    // learns what is durable only from onDiskDone.
+    let sent = false;
+    for (const effect of effects) {
+      if (effect.kind === 'send') transport.send(effect.to, encodeMessage(effect.message));
+      else if (effect.kind === 'sendManager') transport.send(MANAGER, encodeMessage(effect.message));
+      else continue;
+      sent = true;
+    }
+    if (sent) transport.flushNow();
     for (const effect of effects) {
       switch (effect.kind) {
         case 'send':
-          transport.send(effect.to, encodeMessage(effect.message));
-          break;
         case 'sendManager':
-          transport.send(MANAGER, encodeMessage(effect.message));
           break;
         case 'disk':
           submitDisk(effect.operationId, effect.operation);
@@ -188,10 +197,7 @@ export async function startServerProcess(config: ServerProcessConfig): Promise<R
           break;
       }
     }
-    updatePeers(core.currentMap);
     watches.onProgress();
-    // One core step's messages leave together, at once.
-    transport.flushNow();
   };
 
   log.onDurable = (operationId: number): void => {
