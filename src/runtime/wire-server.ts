@@ -13,7 +13,6 @@ import type { Server as HttpServer } from 'node:http';
 import type { Logger } from 'pino';
 import type { ClientRequest, ClientResponse } from '../protocol/types.ts';
 import { connectionTag, encodeWireResponse, wirePreamble } from '../protocol/wire.ts';
-import { assert } from '../lib/assert.ts';
 import type { HttpApiLimits } from '../server/http-api.ts';
 import { parseWireRequest, renderWireResponse } from '../server/wire-api.ts';
 import { encodeFrames, FrameDecoder, frameBytesMax } from '../transport/framing.ts';
@@ -185,8 +184,7 @@ export class ClientFrontDoor {
       const frames = connection.out;
       connection.out = [];
       if (connection.closed || frames.length === 0) continue;
-      // Each answer fits a frame (see onFrame); several go out as consecutive frames.
-      for (const frame of frames) assert(frame.length <= this.answerBytesMax, 'a wire answer fits a frame');
+      // Each answer fits a frame (renderWireResponse; encodeFrames asserts it); several go out as consecutive frames.
       connection.socket.write(encodeFrames(frames, this.answerBytesMax));
       if (connection.socket.writableLength > this.pendingBytesMax) {
         this.pause(connection);
