@@ -328,9 +328,7 @@ function recordChanges(entry: LogEntry, result: WriteResult, existedBefore: read
   if (write.type === 'put' || write.type === 'delete') {
     // One key, one operation: the general path's maps would say the same, at a price per write.
     if (result.status !== 'ok' || (write.type === 'delete' && existedBefore[0] !== true)) return;
-    changes.push(write.type === 'put'
-      ? { seq: entry.seq, epoch: entry.epoch, index: 0, last: true, type: 'put', key: write.key, value: write.value, version: entry.seq }
-      : { seq: entry.seq, epoch: entry.epoch, index: 0, last: true, type: 'delete', key: write.key, version: entry.seq });
+    changes.push(changeOf(entry, 0, true, write.key, write.type === 'put' ? write.value : null));
     return;
   }
   const operations: readonly Operation[] = write.type === 'txn' ? (result.status === 'txn' && result.succeeded ? write.success : write.failure) : [];
@@ -342,12 +340,16 @@ function recordChanges(entry: LogEntry, result: WriteResult, existedBefore: read
   const first = changes.length;
   for (const [key, value] of final) {
     if (value === null && existed.get(key) !== true) continue;
-    const index = changes.length - first;
-    changes.push(value === null
-      ? { seq: entry.seq, epoch: entry.epoch, index, last: false, type: 'delete', key, version: entry.seq }
-      : { seq: entry.seq, epoch: entry.epoch, index, last: false, type: 'put', key, value, version: entry.seq });
+    changes.push(changeOf(entry, changes.length - first, false, key, value));
   }
   if (changes.length > first) (changes[changes.length - 1] as Change).last = true;
+}
+
+/** One change of `entry` (value null: a delete), built whole: a field added later costs every kept change a property array. */
+function changeOf(entry: LogEntry, index: number, last: boolean, key: string, value: Uint8Array | null): Change {
+  return value === null
+    ? { seq: entry.seq, epoch: entry.epoch, index, last, type: 'delete', key, version: entry.seq }
+    : { seq: entry.seq, epoch: entry.epoch, index, last, type: 'put', key, value, version: entry.seq };
 }
 
 function applyOperation(operation: Operation, at: Seq, changes: Map<string, StoredValue | null>): void {
