@@ -15,6 +15,7 @@ import { runLoad, type RunResult, type RunningSystem, type Workload } from './lo
 import { httpClientKinds, startMainstay, type HttpClientKind } from './mainstay.ts';
 import { formatProfileSummary, summarizeProfile, type ProfileSummary } from './profile-summary.ts';
 import { redisVersion, startRedis } from './redis.ts';
+import { analyzeTimeline, formatTimeline, readTrace } from './timeline.ts';
 
 const usage = `Usage: npm run bench -- [options]
 
@@ -36,6 +37,7 @@ const usage = `Usage: npm run bench -- [options]
   --no-sessions             Mainstay writes without Mainstay-Client-Id/Request-Id
   --etcd-channels N         gRPC channels the etcd clients share (default 1)
   --cpu-prof DIR            write CPU profiles of Mainstay's servers to DIR and summarise the main's per run
+  --timeline DIR            trace Mainstay's servers' steps into DIR and print the stages of a round per run
   --server-flags "FLAGS"    extra flags for every Mainstay server
   --operations-max N        bound on the operations of one run (default 20000000)
   --no-floor                skip the fsync and round-trip measurements
@@ -60,6 +62,7 @@ const { values } = parseArgs({ options: {
   'no-sessions': { type: 'boolean', default: false },
   'etcd-channels': { type: 'string', default: '1' },
   'cpu-prof': { type: 'string' },
+  timeline: { type: 'string' },
   'server-flags': { type: 'string', default: '' },
   'operations-max': { type: 'string', default: '20000000' },
   'no-floor': { type: 'boolean', default: false },
@@ -112,6 +115,7 @@ const operationsMax = wholeNumber('operations-max', values['operations-max'], 1)
 if (!(httpClientKinds as string[]).includes(values['http-client'])) fail(`--http-client: one of ${httpClientKinds.join(', ')}`);
 const httpClients: HttpClientKind[] = values['compare-http-clients'] ? httpClientKinds : [values['http-client'] as HttpClientKind];
 const cpuProfileDir = values['cpu-prof'] === undefined ? undefined : resolve(values['cpu-prof']);
+const timelineDir = values.timeline === undefined ? undefined : resolve(values.timeline);
 const serverFlags = values['server-flags'].split(' ').filter((flag) => flag !== '');
 for (const servers of serverCounts) if (ackQuorum > servers - 1) fail(`--ack-quorum ${ackQuorum} needs at least ${ackQuorum + 1} servers`);
 
@@ -224,10 +228,12 @@ try {
         log(`\n${variant.label}: ${servers} servers, ${count(keys)} keys`);
         const profileDir = cpuProfileDir === undefined || variant.system !== 'mainstay' ? undefined
           : join(cpuProfileDir, `${servers}servers-${keys}keys${variant.httpClient === undefined ? '' : `-${variant.httpClient}`}`);
+        const traceDir = timelineDir === undefined || variant.system !== 'mainstay' ? undefined
+          : join(timelineDir, `${servers}servers-${keys}keys${variant.httpClient === undefined ? '' : `-${variant.httpClient}`}`);
         let system: RunningSystem;
         if (variant.system === 'mainstay') {
           system = await startMainstay({ servers, ackQuorum, keys, valueBytes, httpClient: variant.httpClient as HttpClientKind, wireConnections, sessions: !values['no-sessions'], serverFlags, log,
-            ...(profileDir === undefined ? {} : { cpuProfileDir: profileDir }) });
+            ...(profileDir === undefined ? {} : { cpuProfileDir: profileDir }), ...(traceDir === undefined ? {} : { traceStepsDir: traceDir }) });
         } else if (variant.system === 'etcd') {
           system = await startEtcd({ servers, keys, valueBytes, channels: etcdChannels, log });
         } else {
@@ -250,12 +256,22 @@ try {
             log(`  ${String(workload.clients).padStart(3)} clients ${mix(workload.writePercent)}: ${count(result.operationsPerSecond)} ops/s, p50 ${milliseconds(result.p50Ms)} ms, p99 ${milliseconds(result.p99Ms)} ms, p999 ${milliseconds(result.p999Ms)} ms, `
               + `cluster ${fixed(result.clusterCpuMsPerOperation, 3)} CPU ms/op (${fixed(result.clusterCores, 2)} cores), client ${fixed(result.benchCpuMsPerOperation, 3)} CPU ms/op, ${result.errors} errors`
               + `${result.firstError === undefined ? '' : ` (first: ${result.firstError})`}${result.warning === undefined ? '' : `; WARNING: ${result.warning}`}`);
-            if (profileDir !== undefined && system.mainId !== undefined) {
+            if ((profileDir !== undefined || traceDir !== undefined) && system.mainId !== undefined) {
               profiled.push({ label: `${count(workload.clients)} clients ${mix(workload.writePercent)}`, fromUs: result.windowMonotonicUs[0], toUs: result.windowMonotonicUs[1], mainServerId: system.mainId });
             }
           }
         } finally {
           await system.stop();
+        }
+        if (traceDir !== undefined) {
+          // The servers wrote their traces out as they stopped.
+          const ids = (await readdir(traceDir)).filter((file) => file.endsWith('.steps')).map((file) => file.slice(0, -'.steps'.length));
+          const traces = new Map(await Promise.all(ids.map(async (id) => [id, await readTrace(join(traceDir, `${id}.steps`))] as const)));
+          for (const run of profiled) {
+            const main = traces.get(run.mainServerId) ?? [];
+            const standbys = [...traces].filter(([id]) => id !== run.mainServerId).map(([, events]) => events);
+            log(`\nTimeline of ${run.label} (${traceDir}):\n${formatTimeline(analyzeTimeline(main, standbys, run.fromUs, run.toUs))}`);
+          }
         }
         if (profileDir !== undefined) {
           await writeFile(join(profileDir, 'windows.json'), `${JSON.stringify(profiled, null, 2)}\n`);

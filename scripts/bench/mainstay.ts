@@ -47,6 +47,8 @@ export interface MainstayOptions {
   sessions: boolean;
   /** Write a CPU profile of every server process into this folder (node --cpu-prof). */
   cpuProfileDir?: string;
+  /** Write each server's step trace (--trace-steps) into this folder, as <id>.steps. */
+  traceStepsDir?: string;
   /** Extra flags for every server. */
   serverFlags: string[];
   log: (line: string) => void;
@@ -99,6 +101,7 @@ export async function startMainstay(options: MainstayOptions): Promise<RunningSy
       // A busy two-core machine can delay a status by a second; a failover would spoil the run.
       '--failover-after-ms', '5000'])));
     if (options.cpuProfileDir !== undefined) await mkdir(options.cpuProfileDir, { recursive: true });
+    if (options.traceStepsDir !== undefined) await mkdir(options.traceStepsDir, { recursive: true });
     for (const member of members) {
       // Node refuses --cpu-prof in NODE_OPTIONS: it goes on the command line. Each thread (tsx's
       // loader runs on one of its own) writes CPU.<date>.<time>.<pid>.<thread>.<n>.cpuprofile when
@@ -106,7 +109,9 @@ export async function startMainstay(options: MainstayOptions): Promise<RunningSy
       const profileFlags = options.cpuProfileDir === undefined ? [] : ['--cpu-prof', `--cpu-prof-dir=${join(options.cpuProfileDir, member.id)}`];
       processes.push(launch(member.id, ...node(['server', '--id', member.id, '--data-dir', join(directory, member.id),
         '--listen-http', `127.0.0.1:${member.httpPort}`, '--listen-peer', `127.0.0.1:${member.peerPort}`,
-        '--manager', `127.0.0.1:${managerPeer}`, ...options.serverFlags], profileFlags)));
+        '--manager', `127.0.0.1:${managerPeer}`,
+        ...(options.traceStepsDir === undefined ? [] : ['--trace-steps', join(options.traceStepsDir, `${member.id}.steps`)]),
+        ...options.serverFlags], profileFlags)));
     }
     started = performance.now();
     const cluster = async (): Promise<{ epoch: number; main: string | null; phase: string }> =>

@@ -110,6 +110,7 @@ async function runServer(argv: string[]): Promise<void> {
     segmentBytesMax: Number(options['segment-bytes-max']),
     stateCommitDelayMs: Number(options['state-commit-delay-ms']),
     ...(options['log-archive-dir'] === undefined ? {} : { logArchiveDir: String(options['log-archive-dir']) }),
+    ...(options['trace-steps'] === undefined ? {} : { traceStepsFile: String(options['trace-steps']) }),
     logger: log,
   });
   stopOnSignals(log, () => server.close());

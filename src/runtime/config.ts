@@ -61,6 +61,7 @@ export const serverOptions: OptionSpec[] = [
   { name: 'snapshot-chunks-inflight', type: 'integer', default: 4, min: 1, max: 1024, description: 'Snapshot chunks sent to a standby ahead of its acknowledgement.' },
   { name: 'segment-bytes-max', type: 'integer', default: 64 * 1_048_576, min: 4096, max: 4 * 1024 * 1_048_576, description: 'Size at which a log segment file is closed and a new one started.' },
   { name: 'state-commit-delay-ms', type: 'integer', default: 1000, min: 0, max: 60_000, description: 'How long applied writes gather before they go to the state store (LMDB) in one transaction; the log makes them durable, so longer costs only memory and replay time.' },
+  { name: 'trace-steps', type: 'string', description: 'For performance work: append a timeline of this server\'s steps (requests, appends, acknowledgements, sends, durability, answers) to this file; `npm run bench -- --timeline DIR` reads it. Unset: nothing is traced.' },
   { name: 'log-archive-dir', type: 'string', description: 'Folder where log segments are archived before compaction deletes them, in a subfolder named by --id (a hard link on the same file system, else a copy; durable before the deletion). With a backup, it lets mainstay restore --to-seq N roll forward to any later seq. Unset: nothing is archived.' },
 ];
 

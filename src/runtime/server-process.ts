@@ -27,6 +27,7 @@ import type { HostPort } from './config.ts';
 import { formatHostPort, listen, parseHostPort } from './config.ts';
 import { DiskMetrics, ServerMetrics } from './metrics.ts';
 import { handleSnapshotRequest, snapshotPath } from './snapshot-http.ts';
+import { openStepTrace } from './step-trace.ts';
 import { WatchHub } from './watch-http.ts';
 import { ClientFrontDoor } from './wire-server.ts';
 
@@ -44,6 +45,8 @@ export interface ServerProcessConfig {
   stateCommitDelayMs?: number;
   /** Where compacted log segments are archived (in a subfolder named by id) before deletion; unset: nowhere. */
   logArchiveDir?: string;
+  /** Where the timeline of this server's steps goes (--trace-steps, see step-trace.ts); unset: nowhere. */
+  traceStepsFile?: string;
   logger: Logger;
 }
 
@@ -54,10 +57,18 @@ export interface RunningServer {
 }
 
 const now = (): number => performance.now();
+
+function countReplies(effects: readonly ServerEffect[]): number {
+  let replies = 0;
+  for (const effect of effects) if (effect.kind === 'reply') replies++;
+  return replies;
+}
+
 const MANAGER = 'manager';
 
 export async function startServerProcess(config: ServerProcessConfig): Promise<RunningServer> {
   const logger = config.logger;
+  const trace = openStepTrace(config.traceStepsFile, (error) => logger.warn({ err: error }, 'Could not write the step trace'));
   const id: ServerId = serverId(config.id);
   await mkdir(config.dataDir, { recursive: true });
   // Test-only storage faults (fault-fs.ts), when the chaos harness sets MAINSTAY_TEST_FAULTS.
@@ -174,6 +185,7 @@ export async function startServerProcess(config: ServerProcessConfig): Promise<R
       sent = true;
     }
     if (sent) transport.flushNow();
+    if (trace.enabled) trace.mark('sent', countReplies(effects));
     for (const effect of effects) {
       switch (effect.kind) {
         case 'send':
@@ -198,9 +210,11 @@ export async function startServerProcess(config: ServerProcessConfig): Promise<R
       }
     }
     watches.onProgress();
+    trace.mark('stepEnd');
   };
 
   log.onDurable = (operationId: number): void => {
+    trace.mark('durable');
     metrics.onDiskDurable(operationId);
     run(core.onDiskDone(now(), operationId));
   };
@@ -222,6 +236,8 @@ export async function startServerProcess(config: ServerProcessConfig): Promise<R
       logger.warn({ from, err: error }, 'Ignoring an undecodable message');
       return;
     }
+    if (message.type === 'append') trace.mark('append', message.entries.length);
+    else if (message.type === 'appendReply') trace.mark('ack');
     metrics.onMessage(from, message);
     if (from === MANAGER) {
       if (message.type === 'map' || message.type === 'fence' || message.type === 'switchover') run(core.onManagerMessage(now(), message));
@@ -236,6 +252,7 @@ export async function startServerProcess(config: ServerProcessConfig): Promise<R
     if (batch.length === 0) return;
     const requests = batch;
     batch = [];
+    trace.mark('requests', requests.length);
     run(core.onRequests(now(), requests));
   };
   const enqueue = (request: ClientRequest, answer: (response: ClientResponse) => void): void => {
@@ -322,6 +339,7 @@ export async function startServerProcess(config: ServerProcessConfig): Promise<R
     // A wire chunk's requests go to the core as soon as the chunk is read (with whatever else is
     // waiting), not a turn later: a chunk usually holds every request its client had ready.
     afterChunk: dispatchBatch,
+    onAnswersWritten: (count) => trace.mark('answered', count),
     mainAddress: (response) => (response.type === 'error' && response.error.main !== undefined ? memberAddress(core.currentMap, response.error.main) : undefined),
   });
   metrics.observeFrontDoor(frontDoor);
@@ -349,6 +367,7 @@ export async function startServerProcess(config: ServerProcessConfig): Promise<R
       // Stops node:http's connection checks (it never listened itself, so the callback reports that).
       http.close(() => {});
       await transport.close();
+      trace.close();
       await compacting;
       await log.close();
       await store.close();

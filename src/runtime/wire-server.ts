@@ -25,6 +25,8 @@ export interface WireServerOptions {
   submit(request: ClientRequest, answer: (response: ClientResponse) => void): void;
   /** Called after the requests of one chunk read from a connection were submitted. */
   afterChunk?: () => void;
+  /** Called after `count` answers were written to a connection (for --trace-steps). */
+  onAnswersWritten?: (count: number) => void;
   /** With NOT_MAIN: the client address of the main the error names, if the map knows it. */
   mainAddress(response: ClientResponse): string | undefined;
   /** Most requests one connection may have in flight; reading pauses above it (default 4096). */
@@ -186,6 +188,7 @@ export class ClientFrontDoor {
       if (connection.closed || frames.length === 0) continue;
       // Each answer fits a frame (renderWireResponse; encodeFrames asserts it); several go out as consecutive frames.
       connection.socket.write(encodeFrames(frames, this.answerBytesMax));
+      this.options.onAnswersWritten?.(frames.length);
       if (connection.socket.writableLength > this.pendingBytesMax) {
         this.pause(connection);
         if (!connection.awaitingDrain) {
