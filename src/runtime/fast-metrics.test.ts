@@ -55,3 +55,18 @@ describe('fast metrics', () => {
     assert.throws(() => histogram.labels({ other: 'x' } as never), /no label other/);
   });
 });
+
+describe('fast metrics reset', () => {
+  it('a registry reset zeroes a FastHistogram, and the series handed out before count on', async () => {
+    const registry = new Registry();
+    const histogram = new FastHistogram<'kind'>({ name: 'z_seconds', help: 'z', labelNames: ['kind'], buckets: [1], registers: [registry] });
+    const series = histogram.labels({ kind: 'write' });
+    series.observe(0.5);
+    registry.resetMetrics();
+    assert.match(await registry.metrics(), /z_seconds_count\{kind="write"\} 0/);
+    series.observe(2);
+    const text = await registry.metrics();
+    assert.match(text, /z_seconds_bucket\{le="1",kind="write"\} 0/);
+    assert.match(text, /z_seconds_count\{kind="write"\} 1/);
+  });
+});

@@ -24,6 +24,12 @@ export class HistogramSeries {
     this.counts = new Array<number>(bounds.length + 1).fill(0);
   }
 
+  reset(): void {
+    this.counts.fill(0);
+    this.sum = 0;
+    this.count = 0;
+  }
+
   observe(value: number): void {
     const bounds = this.bounds;
     let i = 0;
@@ -74,9 +80,9 @@ export class FastHistogram<T extends string> {
     return entry.series;
   }
 
-  /** Forgets every observation (prom-client's registry.resetMetrics). Series handed out keep counting but are no longer served. */
+  /** Zeroes every series (prom-client's registry.resetMetrics); series handed out stay the ones served. */
   reset(): void {
-    this.series.clear();
+    for (const { series } of this.series.values()) series.reset();
   }
 
   /** What prom-client's registry renders: cumulative buckets with `le`, +Inf, sum and count per series. */
