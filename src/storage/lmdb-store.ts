@@ -387,13 +387,14 @@ export class LmdbKvStore implements KvStore {
     this.queuedSessions = new Map();
     this.queuedApplied = null;
     this.queued.push(() => {
+      // commit checked every key and clientId already.
       for (const [key, encoded] of keys) {
-        if (encoded === null) void this.keys.remove(encodeKey(key));
-        else void this.keys.put(encodeKey(key), encoded);
+        if (encoded === null) void this.keys.remove(Buffer.from(key, 'utf8'));
+        else void this.keys.put(Buffer.from(key, 'utf8'), encoded);
       }
       for (const [clientId, record] of sessions) {
-        if (record === null) void this.sessions.remove(encodeKey(clientId));
-        else void this.sessions.put(encodeKey(clientId), Buffer.from(JSON.stringify(record), 'utf8'));
+        if (record === null) void this.sessions.remove(Buffer.from(clientId, 'utf8'));
+        else void this.sessions.put(Buffer.from(clientId, 'utf8'), Buffer.from(JSON.stringify(record), 'utf8'));
       }
       void this.meta.put(appliedKey, encodeApplied(applied.appliedSeq, applied.appliedEpoch), applied.id);
     });
@@ -841,21 +842,17 @@ export async function writeRestoredStore(path: string, source: AsyncIterable<Sna
 }
 
 /**
- * Order of keys in the store: UTF-8 byte order, which is code point order. Differs from `<` on
- * strings only when one key has a character above U+FFFF where the other has one in U+E000–U+FFFF.
+ * Throws unless `key` can be an LMDB key (checked before a batch changes anything). A lone
+ * surrogate has no UTF-8 form (it would be stored as U+FFFD and collide with other keys).
  */
-/** A lone surrogate has no UTF-8 form (it would be stored as U+FFFD and collide with other keys). */
-const loneSurrogate = /\p{Surrogate}/u;
-
-/** The bytes of a key or clientId to write; the protocol must have refused any other. */
-/** Throws unless `key` can be an LMDB key (checked before a batch changes anything). */
 function checkKey(key: string): void {
-  assert(!loneSurrogate.test(key), 'Keys and clientIds must be well-formed Unicode (no lone surrogates)');
+  assert(key.isWellFormed(), 'Keys and clientIds must be well-formed Unicode (no lone surrogates)');
   const length = Buffer.byteLength(key, 'utf8');
   assert(length > 0, 'Keys and clientIds must not be empty');
   assert(length <= lmdbKeyBytesMax, `Keys and clientIds must have at most ${lmdbKeyBytesMax} UTF-8 bytes`);
 }
 
+/** The bytes of a key or clientId to write; the protocol must have refused any other. */
 function encodeKey(key: string): Buffer {
   checkKey(key);
   return Buffer.from(key, 'utf8');
@@ -863,7 +860,7 @@ function encodeKey(key: string): Buffer {
 
 /** The bytes of a key or prefix to read; undefined for the empty string. */
 function encodeKeyToRead(key: string): Buffer | undefined {
-  assert(!loneSurrogate.test(key), 'Keys and prefixes must be well-formed Unicode (no lone surrogates)');
+  assert(key.isWellFormed(), 'Keys and prefixes must be well-formed Unicode (no lone surrogates)');
   return key.length === 0 ? undefined : Buffer.from(key, 'utf8');
 }
 
