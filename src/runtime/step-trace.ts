@@ -70,6 +70,7 @@ export function openStepTrace(path: string | undefined, onError: (error: Error) 
       if (!failed) lines.push(`${mark} ${monotonicMicroseconds()} ${count}`);
     },
     close() {
+      // A write still in flight may land after these lines: readers sort the marks by time.
       clearInterval(timer);
       if (lines.length > 0 && !failed) {
         try {
