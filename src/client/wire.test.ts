@@ -7,7 +7,7 @@ import assert from 'node:assert/strict';
 import net from 'node:net';
 
 import { decodeWireRequest, encodeWireResponse, wirePreamble } from '../protocol/wire.ts';
-import { encodeFrames, FrameDecoder } from '../transport/framing.ts';
+import { encodeFrames, frameBytesMax, FrameDecoder } from '../transport/framing.ts';
 import { seq, epoch } from '../protocol/types.ts';
 import { WireConnection, WireConnectionError, WireTimeoutError } from './wire.ts';
 
@@ -72,5 +72,23 @@ describe('WireConnection deadlines', () => {
     await assert.rejects(first, WireTimeoutError);
     await assert.rejects(second, (error: unknown) => error instanceof WireConnectionError && error.sent);
     assert.equal(connection.closed, true);
+  });
+});
+
+describe('WireConnection limits', () => {
+  it('refuses a request larger than a frame without sending it, and keeps serving the others', { timeout: 20_000 }, async () => {
+    const server = await fakeServer(() => true);
+    try {
+      const connection = await WireConnection.connect({ host: '127.0.0.1', port: server.port });
+      const huge = { type: 'write' as const, write: { type: 'put' as const, key: 'huge', value: new Uint8Array(frameBytesMax + 1) } };
+      const refused = connection.request(huge);
+      const answered = connection.request(put('small'));
+      await assert.rejects(refused, (error: unknown) => error instanceof WireConnectionError && !error.sent && /larger than/.test(error.message));
+      assert.equal((await answered).type, 'write');
+      assert.equal(connection.closed, false);
+      connection.close();
+    } finally {
+      server.close();
+    }
   });
 });

@@ -7,7 +7,7 @@
 import net from 'node:net';
 import type { ClientRequest } from '../protocol/types.ts';
 import { connectionTag, decodeWireResponse, encodeWireRequest, tagMax, wirePreamble, type WireResponse } from '../protocol/wire.ts';
-import { encodeFrames, FrameDecoder } from '../transport/framing.ts';
+import { encodeFrames, frameBytesMax, FrameDecoder } from '../transport/framing.ts';
 
 export class WireConnectionError extends Error {
   override name = 'WireConnectionError';
@@ -121,7 +121,12 @@ export class WireConnection {
   request(request: ClientRequest, timeoutMs?: number): Promise<WireResponse> {
     if (this.failure !== null) return Promise.reject(new WireConnectionError(`Cannot send: ${this.failure.message}`, false));
     const tag = this.takeTag();
-    this.out.push(encodeWireRequest(tag, request));
+    const payload = encodeWireRequest(tag, request);
+    // Refused here, alone: at the flush it would fail every request that shares the write.
+    if (payload.length > frameBytesMax) {
+      return Promise.reject(new WireConnectionError(`A request of ${payload.length} bytes is larger than a frame (${frameBytesMax} bytes)`, false));
+    }
+    this.out.push(payload);
     if (!this.flushScheduled) {
       this.flushScheduled = true;
       process.nextTick(() => this.flush());
