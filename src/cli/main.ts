@@ -100,6 +100,7 @@ async function runServer(argv: string[]): Promise<void> {
       sessionsMax: Number(options['sessions-max']),
       logRetentionEntries: Number(options['log-retention-entries']),
       snapshotChunkItemsMax: Number(options['snapshot-chunk-items']),
+      snapshotChunkBytesMax: Number(options['snapshot-chunk-bytes']),
       snapshotChunksInflightMax: Number(options['snapshot-chunks-inflight']),
     },
     httpLimits: {

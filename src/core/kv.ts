@@ -8,7 +8,7 @@ import type { Epoch, KeyValue, LogEntry, Operation, Seq, Session, SessionRecord,
 
 export type { SessionRecord } from '../protocol/types.ts';
 import { epoch, seq } from '../protocol/types.ts';
-import { compareKeys } from '../lib/keys.ts';
+import { compareKeys, utf8Length } from '../lib/keys.ts';
 
 export interface StoredValue {
   value: Uint8Array;
@@ -81,8 +81,11 @@ export interface KvSnapshotReader {
   /** The appliedSeq and appliedEpoch of the view: the state after applying the log up to seq. */
   readonly seq: Seq;
   readonly epoch: Epoch;
-  /** The next chunk of at most maxItems keys (then sessions), or undefined at the end. */
-  next(maxItems: number): SnapshotChunk | undefined;
+  /**
+   * The next chunk of at most maxItems keys (then sessions) and about maxBytes (snapshotItemBytes;
+   * at least one item, so one large value may exceed it), or undefined at the end.
+   */
+  next(maxItems: number, maxBytes: number): SnapshotChunk | undefined;
   close(): void;
 }
 
@@ -423,12 +426,13 @@ export class MemoryKvStore implements KvStore {
     return {
       seq: this.applied,
       epoch: this.appliedAtEpoch,
-      next(maxItems: number): SnapshotChunk | undefined {
+      next(maxItems: number, maxBytes: number): SnapshotChunk | undefined {
         if (offset < items.length) {
-          const chunk = items.slice(offset, offset + maxItems);
+          const chunk = takeChunk(items, offset, maxItems, maxBytes, (item) => snapshotItemBytes(utf8Length(item.key), item.value.length));
           offset += chunk.length;
           return { items: chunk, sessions: [] };
         }
+        // Sessions in one chunk, as they always went (each record is small and sessionsMax bounds them).
         if (!sessionsSent) {
           sessionsSent = true;
           return { items: [], sessions };
@@ -438,4 +442,26 @@ export class MemoryKvStore implements KvStore {
       close(): void {},
     };
   }
+}
+
+/**
+ * What a key counts for against a snapshot chunk's byte budget: its key and value bytes and a little
+ * for the version and framing. Stores measure chunks with it (storage/snapshot.ts too).
+ */
+export function snapshotItemBytes(keyBytes: number, valueBytes: number): number {
+  return keyBytes + valueBytes + 16;
+}
+
+/** Items from `start`: at most maxItems, and no more once maxBytes is reached, but at least one. */
+function takeChunk<T>(all: readonly T[], start: number, maxItems: number, maxBytes: number, bytesOf: (item: T) => number): T[] {
+  const chunk: T[] = [];
+  let bytes = 0;
+  for (let i = start; i < all.length && chunk.length < maxItems; i++) {
+    const item = all[i] as T;
+    const size = bytesOf(item);
+    if (chunk.length > 0 && bytes + size > maxBytes) break;
+    chunk.push(item);
+    bytes += size;
+  }
+  return chunk;
 }

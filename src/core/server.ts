@@ -47,6 +47,8 @@ export interface ServerLimits {
   logRetentionEntries: number;
   /** Keys (or sessions) per snapshot chunk, where the store does not choose its own chunk size. */
   snapshotChunkItemsMax: number;
+  /** Most bytes of keys and values in one snapshot chunk (about: at least one key goes in each). */
+  snapshotChunkBytesMax: number;
   /** Snapshot chunks sent to one standby and not yet acknowledged. */
   snapshotChunksInflightMax: number;
   /** Most bytes (roughly) of entries in one replication message; a larger entry goes alone. */
@@ -77,6 +79,7 @@ export const defaultServerLimits: ServerLimits = {
   sessionsMax: 100_000,
   logRetentionEntries: 100_000,
   snapshotChunkItemsMax: 4096,
+  snapshotChunkBytesMax: 1024 * 1024,
   snapshotChunksInflightMax: 4,
   batchBytesMax: 1024 * 1024,
 };
@@ -1202,7 +1205,7 @@ export class ServerCore {
     this.snapshotsStarted++;
     const outgoing: OutgoingSnapshot = {
       id: this.snapshotsStarted, reader, unacked: [], nextIndex: 0, built: false, sentMs: this.now,
-      upcoming: reader.next(this.config.limits.snapshotChunkItemsMax) ?? { items: [], sessions: [] },
+      upcoming: reader.next(this.config.limits.snapshotChunkItemsMax, this.config.limits.snapshotChunkBytesMax) ?? { items: [], sessions: [] },
     };
     peer.snapshot = outgoing;
     this.event('info', 'snapshotSent', `Sending ${peer.id} a snapshot of the state at seq ${reader.seq}: it needs entries compacted from the log`);
@@ -1214,7 +1217,7 @@ export class ServerCore {
     const limits = this.config.limits;
     while (!snapshot.built && snapshot.unacked.length < limits.snapshotChunksInflightMax) {
       const data = snapshot.upcoming as SnapshotChunk;
-      snapshot.upcoming = snapshot.reader.next(limits.snapshotChunkItemsMax);
+      snapshot.upcoming = snapshot.reader.next(limits.snapshotChunkItemsMax, limits.snapshotChunkBytesMax);
       const chunk: SnapshotChunkMessage = {
         type: 'snapshotChunk', epoch: this.promisedEpoch, snapshotId: snapshot.id, seq: snapshot.reader.seq, snapshotEpoch: snapshot.reader.epoch,
         index: snapshot.nextIndex, last: snapshot.upcoming === undefined, items: data.items, sessions: data.sessions,

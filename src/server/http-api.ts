@@ -31,6 +31,7 @@
 //   COMPACTED with `fromSeqMin`, the smallest fromSeq it can serve.
 
 import { assert } from '../lib/assert.ts';
+import { utf8Length } from '../lib/keys.ts';
 import type { ClusterMap, StatusMessage } from '../protocol/messages.ts';
 import type {
   ClientRequest, ClientResponse, Compare, Consistency, ErrorBody, ErrorCode, KeyValue, Operation, ServerId,
@@ -920,20 +921,8 @@ export function decodeUtf8(bytes: Uint8Array): string | undefined {
   }
 }
 
-/** Bytes of `text` in UTF-8 (as TextEncoder would write it: a lone surrogate as U+FFFD), without encoding it. */
-export function utf8Length(text: string): number {
-  let bytes = 0;
-  for (let i = 0; i < text.length; i++) {
-    const code = text.charCodeAt(i);
-    if (code < 0x80) bytes += 1;
-    else if (code < 0x800) bytes += 2;
-    else if (code >= 0xd800 && code <= 0xdbff && i + 1 < text.length && (text.charCodeAt(i + 1) & 0xfc00) === 0xdc00) {
-      bytes += 4;
-      i++;
-    } else bytes += 3;
-  }
-  return bytes;
-}
+/** Bytes of a string in UTF-8 without encoding it (src/lib/keys.ts; the wire API's limits use it too). */
+export { utf8Length };
 
 function hasLoneSurrogate(text: string): boolean {
   // In a /u regular expression a surrogate pair is one code point, so only lone halves match.

@@ -37,6 +37,7 @@
 // damaged chunk); the trailer proves the file is whole: a file cut at a chunk boundary lacks it.
 
 import { assert } from '../lib/assert.ts';
+import { utf8Length } from '../lib/keys.ts';
 import type { SessionRecord, SnapshotChunk } from '../core/kv.ts';
 import type { Epoch, KeyValue, Seq } from '../protocol/types.ts';
 import { epoch, seq } from '../protocol/types.ts';
@@ -126,21 +127,6 @@ function compareBytes(a: Uint8Array, b: Uint8Array): number {
 }
 
 const textEncoder = new TextEncoder();
-
-/** Bytes of `text` in UTF-8 (lone surrogates count as U+FFFD, as TextEncoder writes them). */
-function utf8Length(text: string): number {
-  let length = text.length;
-  for (let i = 0; i < text.length; i++) {
-    const code = text.charCodeAt(i);
-    if (code < 0x80) continue;
-    if (code < 0x800) length += 1;
-    else if (code >= 0xd800 && code <= 0xdbff && i + 1 < text.length && (text.charCodeAt(i + 1) & 0xfc00) === 0xdc00) {
-      length += 2;
-      i++;
-    } else length += 2;
-  }
-  return length;
-}
 
 /** Writes `text` as UTF-8 at `offset` (room for utf8Length(text) bytes); ASCII without a call out. */
 function writeUtf8(bytes: Uint8Array, offset: number, text: string, length: number): void {

@@ -11,7 +11,7 @@ import { setImmediate as nextTurn } from 'node:timers/promises';
 import fc from 'fast-check';
 
 import type { KvBatch, KvSnapshotReader, KvStore, SessionRecord, StoredValue } from '../core/kv.ts';
-import { KvState, MemoryKvStore } from '../core/kv.ts';
+import { KvState, MemoryKvStore, snapshotItemBytes } from '../core/kv.ts';
 import type { Epoch, KeyValue, LogEntry, Operation, Seq, Session, Write, WriteResult } from '../protocol/types.ts';
 import { epoch, seq } from '../protocol/types.ts';
 
@@ -127,6 +127,29 @@ export function kvStoreConformance(name: string, open: () => Promise<KvStoreHand
       value.fill(0);
       assert.deepEqual(handle.store.get('x'), stored('original', 1));
       assert.deepEqual(handle.store.range('x', 1), [{ key: 'x', ...stored('original', 1) }]);
+    }));
+
+    it('a snapshot reader cuts keys into chunks of at most maxItems and about maxBytes, at least one key each', () => withStore(async (handle) => {
+      const keys: [string, StoredValue][] = Array.from({ length: 40 }, (_, i) => [`k${String(i).padStart(2, '0')}`, stored('x'.repeat(300), 1)]);
+      keys.push(['zz-large', stored('y'.repeat(5000), 1)]);
+      handle.store.commit(batchOf(1, keys));
+      await handle.flushed?.();
+      const reader = handle.store.snapshotReader();
+      const chunks: KeyValue[][] = [];
+      for (let chunk = reader.next(8, 1000); chunk !== undefined; chunk = reader.next(8, 1000)) {
+        if (chunk.items.length > 0) chunks.push(chunk.items);
+      }
+      reader.close();
+      assert.deepEqual(chunks.flat().map((item) => item.key), keys.map(([key]) => key));
+      for (const chunk of chunks) {
+        assert.ok(chunk.length >= 1 && chunk.length <= 8, `${chunk.length} keys in a chunk`);
+        // About maxBytes: what comes before a chunk's last key stays under it.
+        const before = chunk.slice(0, -1).reduce((sum, item) => sum + snapshotItemBytes(item.key.length, item.value.length), 0);
+        assert.ok(before < 1000, `${before} bytes before the last key of a chunk`);
+      }
+      // maxItems alone would make 6 chunks; about 1000 bytes hold 3 or 4 of these keys.
+      assert.ok(chunks.length >= 11, `${chunks.length} chunks for 40 keys of ~320 bytes in chunks of about 1000`);
+      assert.deepEqual(chunks.at(-1)?.map((item) => item.key), ['zz-large'], 'a key larger than maxBytes goes alone');
     }));
 
     it('stores empty values and binary values byte for byte', () => withStore(async (handle) => {

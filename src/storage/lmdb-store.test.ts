@@ -626,13 +626,13 @@ describe('LmdbKvStore: snapshots', () => {
     assert.deepEqual(again.keys, expectedKeys);
     assert.equal(again.chunks.length, expectedKeys.length + expectedSessions.length);
     assert.ok(again.chunks.findIndex((chunk) => chunk.sessions.length > 0) > again.chunks.findLastIndex((chunk) => chunk.items.length > 0));
-    // The core's reader: next(maxItems) keeps its place, keys first, then sessions.
+    // The core's reader: next(maxItems, maxBytes) keeps its place, keys first, then sessions.
     const pulled: SnapshotChunk[] = [];
-    for (let chunk = snapshot.next(7); chunk !== undefined; chunk = snapshot.next(7)) pulled.push(chunk);
+    for (let chunk = snapshot.next(7, Infinity); chunk !== undefined; chunk = snapshot.next(7, Infinity)) pulled.push(chunk);
     assert.ok(pulled.every((chunk) => chunk.items.length + chunk.sessions.length <= 7 && (chunk.items.length === 0 || chunk.sessions.length === 0)));
     assert.deepEqual(pulled.flatMap((chunk) => chunk.items), expectedKeys);
     assert.deepEqual(pulled.flatMap((chunk) => chunk.sessions), expectedSessions);
-    assert.equal(snapshot.next(7), undefined);
+    assert.equal(snapshot.next(7, Infinity), undefined);
     snapshot.close();
     snapshot.close();
     assert.throws(() => snapshot.chunks(10).next(), /The snapshot is closed/);

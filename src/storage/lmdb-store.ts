@@ -772,16 +772,17 @@ class LmdbSnapshot implements KvSnapshot {
     }
   }
 
-  /** The next chunk of at most maxItems keys, then of sessions; undefined at the end. */
-  next(maxItems: number): SnapshotChunk | undefined {
+  /** The next chunk of at most maxItems keys and about maxBytes, then of sessions; undefined at the end. */
+  next(maxItems: number, maxBytes: number): SnapshotChunk | undefined {
     assert(Number.isSafeInteger(maxItems) && maxItems >= 1, 'maxItems must be a positive integer');
+    assert(maxBytes >= 1, 'maxBytes must be positive');
     while (this.cursor.phase !== 'done') {
       if (this.cursor.phase === 'keys') {
-        const chunk = this.readKeys(this.cursor.after, maxItems, Infinity);
+        const chunk = this.readKeys(this.cursor.after, maxItems, maxBytes);
         this.cursor = chunk.more ? { phase: 'keys', after: chunk.after } : { phase: 'sessions', after: undefined };
         if (chunk.items.length > 0) return { items: chunk.items, sessions: [] };
       } else {
-        const chunk = this.readSessions(this.cursor.after, maxItems, Infinity);
+        const chunk = this.readSessions(this.cursor.after, maxItems, maxBytes);
         this.cursor = chunk.more ? { phase: 'sessions', after: chunk.after } : { phase: 'done', after: undefined };
         if (chunk.items.length > 0) return { items: [], sessions: chunk.items };
       }
