@@ -5,8 +5,7 @@
 import process from 'node:process';
 import { pino, type Logger } from 'pino';
 import { defaultServerLimits, defaultServerTimings } from '../core/server.ts';
-import { ConfigError, managerOptions, optionsReference, parseHostPort, parseOptions, parseServerList, serverOptions } from '../runtime/config.ts';
-import { defaultHttpApiLimits } from '../server/http-api.ts';
+import { ConfigError, managerOptions, optionsReference, parseHostPort, parseOptions, parseServerList, serverHttpLimits, serverOptions } from '../runtime/config.ts';
 import { runClientCommand, clientCommands } from './client-commands.ts';
 import { runDev } from './dev.ts';
 
@@ -103,11 +102,7 @@ async function runServer(argv: string[]): Promise<void> {
       snapshotChunkBytesMax: Number(options['snapshot-chunk-bytes']),
       snapshotChunksInflightMax: Number(options['snapshot-chunks-inflight']),
     },
-    httpLimits: {
-      ...defaultHttpApiLimits, keyBytesMax: Number(options['key-bytes-max']), valueBytesMax: Number(options['value-bytes-max']),
-      requestBodyBytesMax: Math.max(defaultHttpApiLimits.requestBodyBytesMax, Number(options['value-bytes-max']) * 2 + 65_536),
-      txnBytesMax: Math.max(defaultHttpApiLimits.txnBytesMax, Number(options['value-bytes-max']) * 2),
-    },
+    httpLimits: serverHttpLimits(options),
     segmentBytesMax: Number(options['segment-bytes-max']),
     stateCommitDelayMs: Number(options['state-commit-delay-ms']),
     ...(options['log-archive-dir'] === undefined ? {} : { logArchiveDir: String(options['log-archive-dir']) }),

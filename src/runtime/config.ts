@@ -5,6 +5,8 @@
 
 import { readFileSync } from 'node:fs';
 import type { Server } from 'node:net';
+import type { HttpApiLimits } from '../server/http-api.ts';
+import { defaultHttpApiLimits } from '../server/http-api.ts';
 
 export type OptionType = 'string' | 'integer' | 'boolean';
 
@@ -50,7 +52,7 @@ export const serverOptions: OptionSpec[] = [
   { name: 'write-timeout-ms', type: 'integer', default: 5000, min: 10, max: 600_000, description: 'A write not committed within this time fails with definite:false.' },
   { name: 'read-timeout-ms', type: 'integer', default: 5000, min: 10, max: 600_000, description: 'A read not served within this time fails.' },
   { name: 'key-bytes-max', type: 'integer', default: 1024, min: 1, max: 1978, description: 'Longest key, in UTF-8 bytes (LMDB allows at most 1978).' },
-  { name: 'value-bytes-max', type: 'integer', default: 1_048_576, min: 1, max: 64 * 1_048_576, description: 'Largest value, in bytes.' },
+  { name: 'value-bytes-max', type: 'integer', default: 1_048_576, min: 1, max: 16 * 1_048_576, description: 'Largest value, in bytes (at most 16 MiB: a transaction of two such values must fit one 64 MiB replication message).' },
   { name: 'batch-entries-max', type: 'integer', default: 512, min: 1, max: 1_000_000, description: 'Most entries in one replication message.' },
   { name: 'batch-bytes-max', type: 'integer', default: 1_048_576, min: 1024, max: 64 * 1_048_576, description: 'Most bytes of entries in one replication message (an entry larger than this goes alone).' },
   { name: 'inflight-entries-max', type: 'integer', default: 8192, min: 1, max: 10_000_000, description: 'Most entries sent to one standby and not yet acknowledged.' },
@@ -196,4 +198,17 @@ export function listen(server: Server, address: HostPort): Promise<void> {
       resolve();
     });
   });
+}
+
+/**
+ * The client API's limits of a server from its options: a transaction may carry two of the largest
+ * values (and at least the default), a request body their encoding.
+ */
+export function serverHttpLimits(options: ParsedOptions): HttpApiLimits {
+  const valueBytesMax = Number(options['value-bytes-max']);
+  return {
+    ...defaultHttpApiLimits, keyBytesMax: Number(options['key-bytes-max']), valueBytesMax,
+    requestBodyBytesMax: Math.max(defaultHttpApiLimits.requestBodyBytesMax, valueBytesMax * 2 + 65_536),
+    txnBytesMax: Math.max(defaultHttpApiLimits.txnBytesMax, valueBytesMax * 2),
+  };
 }
