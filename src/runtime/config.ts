@@ -54,7 +54,7 @@ export const serverOptions: OptionSpec[] = [
   { name: 'key-bytes-max', type: 'integer', default: 1024, min: 1, max: 1978, description: 'Longest key, in UTF-8 bytes (LMDB allows at most 1978).' },
   { name: 'value-bytes-max', type: 'integer', default: 1_048_576, min: 1, max: 16 * 1_048_576, description: 'Largest value, in bytes (at most 16 MiB: a transaction of two such values must fit one 64 MiB replication message).' },
   { name: 'batch-entries-max', type: 'integer', default: 512, min: 1, max: 1_000_000, description: 'Most entries in one replication message.' },
-  { name: 'batch-bytes-max', type: 'integer', default: 1_048_576, min: 1024, max: 64 * 1_048_576, description: 'Most bytes of entries in one replication message (an entry larger than this goes alone).' },
+  { name: 'batch-bytes-max', type: 'integer', default: 1_048_576, min: 1024, max: 16 * 1_048_576, description: 'Most bytes of entries in one replication message, roughly (an entry larger than this goes alone; at most 16 MiB, so that a batch of multi-byte keys still fits a 64 MiB message).' },
   { name: 'inflight-entries-max', type: 'integer', default: 8192, min: 1, max: 10_000_000, description: 'Most entries sent to one standby and not yet acknowledged.' },
   { name: 'pending-requests-max', type: 'integer', default: 65_536, min: 1, max: 10_000_000, description: 'Most client requests waiting; more are refused with 429.' },
   { name: 'sessions-max', type: 'integer', default: 100_000, min: 1, max: 100_000_000, description: 'Most client sessions remembered for exactly-once retries.' },

@@ -9,6 +9,7 @@ import type { LogEntry, Operation } from '../protocol/types.ts';
 import { epoch, seq } from '../protocol/types.ts';
 import { RecordEncoder, recordPayloadBytesMax } from '../storage/log-format.ts';
 import { frameBytesMax } from '../transport/framing.ts';
+import { approximateEntryBytes } from '../core/log.ts';
 import { parseOptions, serverHttpLimits, serverOptions } from './config.ts';
 
 function largestOption(name: string): number {
@@ -17,8 +18,12 @@ function largestOption(name: string): number {
   return spec.max;
 }
 
+function appendBytes(entries: LogEntry[]): number {
+  return encodeMessage({ type: 'append', epoch: epoch(2 ** 31), generation: 2 ** 40, prevSeq: seq(2 ** 52), prevEpoch: epoch(2 ** 31), entries, commitSeq: seq(2 ** 52), ackQuorum: 4 }).length;
+}
+
 function fitsRecordAndFrame(entry: LogEntry): void {
-  const message = encodeMessage({ type: 'append', epoch: epoch(2 ** 31), generation: 2 ** 40, prevSeq: seq(2 ** 52), prevEpoch: epoch(2 ** 31), entries: [entry], commitSeq: seq(2 ** 52), ackQuorum: 4 });
+  const message = { length: appendBytes([entry]) };
   assert.ok(message.length <= frameBytesMax, `an append of ${message.length} bytes exceeds the ${frameBytesMax}-byte frame`);
   const encoder = new RecordEncoder(() => 0);
   encoder.add(entry);
@@ -44,5 +49,22 @@ describe('limits', () => {
     success.push({ type: 'put', key: key(operations - 2), value: new Uint8Array(valueBytes) });
     success.push({ type: 'put', key: key(operations - 1), value: new Uint8Array(valueBytes) });
     fitsRecordAndFrame({ epoch: epoch(2 ** 31), seq: seq(2 ** 52), write: { type: 'txn', compares: [], success, failure: [] }, session });
+  });
+
+  it('the largest batch fits a replication message, even of keys whose characters take three UTF-8 bytes', () => {
+    // The main sizes batches by approximateEntryBytes, which counts a key's UTF-16 units, and stops
+    // before the entry that would take it past batch-bytes-max (ServerCore.sendEntries).
+    const batchBytesMax = largestOption('batch-bytes-max');
+    const wideKey = '語'.repeat(Math.floor(limits.keyBytesMax / 3));
+    const entries: LogEntry[] = [];
+    let approximate = 0;
+    for (let i = 0; ; i++) {
+      const entry: LogEntry = { epoch: epoch(2 ** 31), seq: seq(2 ** 40 + i), write: { type: 'delete', key: wideKey }, session };
+      if (approximate + approximateEntryBytes(entry) > batchBytesMax) break;
+      approximate += approximateEntryBytes(entry);
+      entries.push(entry);
+    }
+    const bytes = appendBytes(entries);
+    assert.ok(bytes <= frameBytesMax, `a batch of ${entries.length} entries takes ${bytes} bytes, more than the ${frameBytesMax}-byte frame`);
   });
 });
