@@ -656,7 +656,15 @@ export interface RenderContext {
   mainAddress?: string;
   /** The request's path and query, so a NOT_MAIN answer can point at the same request on the main. */
   target?: string;
+  /** Largest list body, in characters of JSON; a larger one is answered TOO_LARGE (default httpAnswerBytesMax). */
+  answerBytesMax?: number;
 }
+
+/**
+ * Largest list answer over HTTP (64 Mi characters of JSON, as the wire protocol has 64 MiB frames): a list of large
+ * values would otherwise be a string past what V8 can hold, built on the server's event loop.
+ */
+export const httpAnswerBytesMax = 64 * 1024 * 1024;
 
 /** Translate the core's answer to `request` into HTTP. */
 export function renderClientResponse(response: ClientResponse, request: ClientRequest, context: RenderContext = {}): HttpResponse {
@@ -679,10 +687,24 @@ export function renderClientResponse(response: ClientResponse, request: ClientRe
         body: response.item.value,
       };
     }
-    case 'list':
+    case 'list': {
       assert(request.type === 'list', 'a list response answers a list');
-      return renderJson(200, { items: response.items.map(itemJson), appliedSeq: response.appliedSeq },
-        { [headerNames.appliedSeq]: String(response.appliedSeq) });
+      // Item by item, so an answer too large stops before it is built whole.
+      const answerBytesMax = context.answerBytesMax ?? httpAnswerBytesMax;
+      const tail = `],"appliedSeq":${response.appliedSeq}}`;
+      let bytes = '{"items":['.length + tail.length;
+      const parts: string[] = [];
+      for (const item of response.items) {
+        const part = JSON.stringify(itemJson(item));
+        bytes += part.length + (parts.length > 0 ? 1 : 0);
+        if (bytes > answerBytesMax) {
+          return renderError(413, { code: 'TOO_LARGE', definite: true,
+            message: `The answer would be more than ${answerBytesMax} bytes (${response.items.length} items; the first ${parts.length} fit); list with a smaller limit` });
+        }
+        parts.push(part);
+      }
+      return { status: 200, headers: { 'Content-Type': jsonType, [headerNames.appliedSeq]: String(response.appliedSeq) }, body: `{"items":[${parts.join(',')}${tail}` };
+    }
   }
 }
 

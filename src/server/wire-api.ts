@@ -56,7 +56,7 @@ export function renderWireResponse(tag: number, response: ClientResponse, mainAd
   if (encoded.length <= answerBytesMax) return encoded;
   return encodeWireResponse(tag, { type: 'error', error: {
     code: 'TOO_LARGE', definite: true,
-    message: `The answer is ${encoded.length} bytes, more than the wire protocol's frame limit of ${answerBytesMax}; ask for fewer items or use the HTTP API`,
+    message: `The answer is ${encoded.length} bytes, more than the wire protocol's frame limit of ${answerBytesMax}; ask for fewer items`,
   } });
 }
 
