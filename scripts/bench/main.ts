@@ -186,7 +186,8 @@ function renderTable(rows: Row[]): string {
 
 // ---------------------------------------------------------------- run
 
-interface ProfiledRun {
+/** A measured run's window on the shared monotonic clock, for the CPU profiles and the timeline. */
+interface RunWindow {
   label: string;
   fromUs: number;
   toUs: number;
@@ -239,7 +240,7 @@ try {
         } else {
           system = await startRedis({ servers, keys, valueBytes, log });
         }
-        const profiled: ProfiledRun[] = [];
+        const runWindows: RunWindow[] = [];
         try {
           // What the cluster burns doing nothing (heartbeats, timers): part of every CPU figure.
           const before = sampleCpu(system.pids());
@@ -257,7 +258,7 @@ try {
               + `cluster ${fixed(result.clusterCpuMsPerOperation, 3)} CPU ms/op (${fixed(result.clusterCores, 2)} cores), client ${fixed(result.benchCpuMsPerOperation, 3)} CPU ms/op, ${result.errors} errors`
               + `${result.firstError === undefined ? '' : ` (first: ${result.firstError})`}${result.warning === undefined ? '' : `; WARNING: ${result.warning}`}`);
             if ((profileDir !== undefined || traceDir !== undefined) && system.mainId !== undefined) {
-              profiled.push({ label: `${count(workload.clients)} clients ${mix(workload.writePercent)}`, fromUs: result.windowMonotonicUs[0], toUs: result.windowMonotonicUs[1], mainServerId: system.mainId });
+              runWindows.push({ label: `${count(workload.clients)} clients ${mix(workload.writePercent)}`, fromUs: result.windowMonotonicUs[0], toUs: result.windowMonotonicUs[1], mainServerId: system.mainId });
             }
           }
         } finally {
@@ -267,16 +268,16 @@ try {
           // The servers wrote their traces out as they stopped.
           const ids = (await readdir(traceDir)).filter((file) => file.endsWith('.steps')).map((file) => file.slice(0, -'.steps'.length));
           const traces = new Map(await Promise.all(ids.map(async (id) => [id, await readTrace(join(traceDir, `${id}.steps`))] as const)));
-          for (const run of profiled) {
+          for (const run of runWindows) {
             const main = traces.get(run.mainServerId) ?? [];
             const standbys = [...traces].filter(([id]) => id !== run.mainServerId).map(([, events]) => events);
             log(`\nTimeline of ${run.label} (${traceDir}):\n${formatTimeline(analyzeTimeline(main, standbys, run.fromUs, run.toUs))}`);
           }
         }
         if (profileDir !== undefined) {
-          await writeFile(join(profileDir, 'windows.json'), `${JSON.stringify(profiled, null, 2)}\n`);
+          await writeFile(join(profileDir, 'windows.json'), `${JSON.stringify(runWindows, null, 2)}\n`);
           // The main's main thread: the bench aims every client at the main.
-          for (const run of profiled) {
+          for (const run of runWindows) {
             const serverDir = join(profileDir, run.mainServerId);
             const name = (await readdir(serverDir)).find((file) => /^CPU\.\d+\.\d+\.\d+\.0\.\d+\.cpuprofile$/.test(file));
             if (name === undefined) throw new Error(`No profile of ${run.mainServerId}'s main thread in ${serverDir}`);

@@ -9,6 +9,9 @@
 import { readFile } from 'node:fs/promises';
 import type { StepMark } from '../../src/runtime/step-trace.ts';
 import { stepMarks } from '../../src/runtime/step-trace.ts';
+import { percentiles } from '../../src/chaos/checks.ts';
+
+const median = (values: readonly number[]): number => percentiles(values).p50;
 
 export interface TraceEvent {
   mark: StepMark;
@@ -72,13 +75,6 @@ function next(events: readonly TraceEvent[], fromUs: number, mark: StepMark, acc
     if (event.mark === mark && accept(event)) return event;
   }
   return undefined;
-}
-
-function median(values: number[]): number {
-  if (values.length === 0) return Number.NaN;
-  const sorted = [...values].sort((a, b) => a - b);
-  const middle = sorted.length >> 1;
-  return sorted.length % 2 === 1 ? sorted[middle] as number : ((sorted[middle - 1] as number) + (sorted[middle] as number)) / 2;
 }
 
 /**
