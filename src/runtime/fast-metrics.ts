@@ -71,13 +71,7 @@ export class FastHistogram<T extends string> {
   /** The series of these labels (keep it: looking it up costs what observing through prom-client did). */
   labels(labels: LabelValues<T>): HistogramSeries {
     for (const name of Object.keys(labels)) assert(this.labelNames.includes(name), `${this.name} has no label ${name}`);
-    const key = this.labelNames.map((name) => String((labels as Record<string, unknown>)[name] ?? '')).join('\u0000');
-    let entry = this.series.get(key);
-    if (entry === undefined) {
-      entry = { labels: { ...labels }, series: new HistogramSeries(this.bounds) };
-      this.series.set(key, entry);
-    }
-    return entry.series;
+    return seriesFor(this.series, this.labelNames, labels, () => new HistogramSeries(this.bounds));
   }
 
   /** Zeroes every series (prom-client's registry.resetMetrics); series handed out stay the ones served. */
@@ -130,14 +124,17 @@ export function fastCounter<T extends string>(configuration: { name: string; hel
   });
   return {
     counter,
-    labels(labels) {
-      const key = configuration.labelNames.map((name) => String(labels[name] ?? '')).join('\u0000');
-      let entry = series.get(key);
-      if (entry === undefined) {
-        entry = { labels: { ...labels }, series: new CounterSeries() };
-        series.set(key, entry);
-      }
-      return entry.series;
-    },
+    labels: (labels) => seriesFor(series, configuration.labelNames, labels, () => new CounterSeries()),
   };
+}
+
+/** The series of `labels` in `all` (keyed by the label values in `labelNames` order), made on first use. */
+function seriesFor<T extends string, S>(all: Map<string, { labels: LabelValues<T>; series: S }>, labelNames: readonly string[], labels: LabelValues<T>, make: () => S): S {
+  const key = labelNames.map((name) => String((labels as Record<string, unknown>)[name] ?? '')).join('\u0000');
+  let entry = all.get(key);
+  if (entry === undefined) {
+    entry = { labels: { ...labels }, series: make() };
+    all.set(key, entry);
+  }
+  return entry.series;
 }
