@@ -452,16 +452,12 @@ export function snapshotItemBytes(keyBytes: number, valueBytes: number): number 
   return keyBytes + valueBytes + 16;
 }
 
-/** Items from `start`: at most maxItems, and no more once maxBytes is reached, but at least one. */
+/**
+ * Items from `start` until maxItems of them or maxBytes is reached (the item that reaches it
+ * included, so at least one): the rule LmdbKvStore's reader follows too.
+ */
 function takeChunk<T>(all: readonly T[], start: number, maxItems: number, maxBytes: number, bytesOf: (item: T) => number): T[] {
-  const chunk: T[] = [];
-  let bytes = 0;
-  for (let i = start; i < all.length && chunk.length < maxItems; i++) {
-    const item = all[i] as T;
-    const size = bytesOf(item);
-    if (chunk.length > 0 && bytes + size > maxBytes) break;
-    chunk.push(item);
-    bytes += size;
-  }
-  return chunk;
+  let end = start;
+  for (let bytes = 0; end < all.length && end - start < maxItems && bytes < maxBytes; end++) bytes += bytesOf(all[end] as T);
+  return all.slice(start, end);
 }
