@@ -297,14 +297,14 @@ describe('renderClientResponse', () => {
   });
 
   it('answers TOO_LARGE instead of a list body over the answer limit, and renders one at the limit', () => {
-    // Control characters take six bytes each in JSON: the limit counts the body as rendered.
+    // Control characters take six characters each in JSON: the limit counts the body as rendered.
     const items = Array.from({ length: 10 }, (_, i) => ({ key: `k${i}`, value: new Uint8Array(100), version: i + 1 }));
     const whole = renderClientResponse({ type: 'list', appliedSeq: seq(20), items }, list);
     assert.equal(whole.status, 200);
-    const bodyBytes = (whole.body as string).length;
-    assert.ok(bodyBytes > 6_000, `${bodyBytes} bytes of JSON for 1,000 bytes of values`);
-    assert.equal(renderClientResponse({ type: 'list', appliedSeq: seq(20), items }, list, { answerBytesMax: bodyBytes }).status, 200);
-    const refused = renderClientResponse({ type: 'list', appliedSeq: seq(20), items }, list, { answerBytesMax: bodyBytes - 1 });
+    const bodyChars = (whole.body as string).length;
+    assert.ok(bodyChars > 6_000, `${bodyChars} characters of JSON for 1,000 bytes of values`);
+    assert.equal(renderClientResponse({ type: 'list', appliedSeq: seq(20), items }, list, { listAnswerCharsMax: bodyChars }).status, 200);
+    const refused = renderClientResponse({ type: 'list', appliedSeq: seq(20), items }, list, { listAnswerCharsMax: bodyChars - 1 });
     assert.equal(refused.status, 413);
     const error = (json(refused) as { error: { code: string; message: string; definite: boolean } }).error;
     assert.equal(error.code, 'TOO_LARGE');

@@ -656,15 +656,15 @@ export interface RenderContext {
   mainAddress?: string;
   /** The request's path and query, so a NOT_MAIN answer can point at the same request on the main. */
   target?: string;
-  /** Largest list body, in characters of JSON; a larger one is answered TOO_LARGE (default httpAnswerBytesMax). */
-  answerBytesMax?: number;
+  /** Longest list body, in characters of JSON; a longer one is answered TOO_LARGE (default httpListAnswerCharsMax). */
+  listAnswerCharsMax?: number;
 }
 
 /**
- * Largest list answer over HTTP (64 Mi characters of JSON, as the wire protocol has 64 MiB frames): a list of large
- * values would otherwise be a string past what V8 can hold, built on the server's event loop.
+ * Longest list answer over HTTP (64 Mi characters of JSON, as the wire protocol has 64 MiB frames): a list
+ * of large values would otherwise be a string past what V8 can hold, built on the server's event loop.
  */
-export const httpAnswerBytesMax = 64 * 1024 * 1024;
+export const httpListAnswerCharsMax = 64 * 1024 * 1024;
 
 /** Translate the core's answer to `request` into HTTP. */
 export function renderClientResponse(response: ClientResponse, request: ClientRequest, context: RenderContext = {}): HttpResponse {
@@ -690,16 +690,16 @@ export function renderClientResponse(response: ClientResponse, request: ClientRe
     case 'list': {
       assert(request.type === 'list', 'a list response answers a list');
       // Item by item, so an answer too large stops before it is built whole.
-      const answerBytesMax = context.answerBytesMax ?? httpAnswerBytesMax;
+      const charsMax = context.listAnswerCharsMax ?? httpListAnswerCharsMax;
       const tail = `],"appliedSeq":${response.appliedSeq}}`;
-      let bytes = '{"items":['.length + tail.length;
+      let chars = '{"items":['.length + tail.length;
       const parts: string[] = [];
       for (const item of response.items) {
         const part = JSON.stringify(itemJson(item));
-        bytes += part.length + (parts.length > 0 ? 1 : 0);
-        if (bytes > answerBytesMax) {
+        chars += part.length + (parts.length > 0 ? 1 : 0);
+        if (chars > charsMax) {
           return renderError(413, { code: 'TOO_LARGE', definite: true,
-            message: `The answer would be more than ${answerBytesMax} bytes (${response.items.length} items; the first ${parts.length} fit); list with a smaller limit` });
+            message: `The answer would be more than ${charsMax} characters of JSON (${response.items.length} items; the first ${parts.length} fit); list with a smaller limit` });
         }
         parts.push(part);
       }
@@ -943,8 +943,6 @@ export function decodeUtf8(bytes: Uint8Array): string | undefined {
   }
 }
 
-/** Bytes of a string in UTF-8 without encoding it (src/lib/keys.ts; the wire API's limits use it too). */
-export { utf8Length };
 
 function hasLoneSurrogate(text: string): boolean {
   // In a /u regular expression a surrogate pair is one code point, so only lone halves match.

@@ -3,7 +3,8 @@ import { describe, it } from 'node:test';
 import type { ClientRequest, ClientResponse, Write } from '../protocol/types.ts';
 import { seq, serverId } from '../protocol/types.ts';
 import { decodeWireResponse, encodeWireRequest } from '../protocol/wire.ts';
-import { defaultHttpApiLimits, parseHttpRequest, utf8Length, type HttpApiLimits } from './http-api.ts';
+import { defaultHttpApiLimits, parseHttpRequest, type HttpApiLimits } from './http-api.ts';
+import { utf8Length } from '../lib/keys.ts';
 import fc from 'fast-check';
 import { parseWireRequest, renderWireResponse } from './wire-api.ts';
 

@@ -5,7 +5,8 @@
 import { CodecError } from '../protocol/codec.ts';
 import type { ClientRequest, ClientResponse, Operation, Write } from '../protocol/types.ts';
 import { decodeWireRequest, encodeWireResponse, wireTag, type WireResponse } from '../protocol/wire.ts';
-import { utf8Length, type HttpApiLimits } from './http-api.ts';
+import type { HttpApiLimits } from './http-api.ts';
+import { utf8Length } from '../lib/keys.ts';
 
 export type WireRequestResult =
   | { kind: 'request'; tag: number; request: ClientRequest }

@@ -898,7 +898,6 @@ function decodeStored(bytes: Buffer): StoredValue {
   return { value: copyBytes(bytes.subarray(versionBytes)), version: readUint53(bytes, 0) };
 }
 
-
 function decodeSession(bytes: Buffer): SessionRecord {
   return JSON.parse(bytes.toString('utf8')) as SessionRecord;
 }
