@@ -19,7 +19,7 @@ import type { PlantedBugs } from './bugs.ts';
 import { noBugs } from './bugs.ts';
 import type { KvSnapshotReader, KvStore, SnapshotChunk } from './kv.ts';
 import { KvState } from './kv.ts';
-import { approximateEntryBytes, LogView } from './log.ts';
+import { approximateEntryBytes, defaultLogViewOptions, LogView } from './log.ts';
 
 export interface ServerTimings {
   /** How often a server reports status, pings peers, and a main sends heartbeats. */
@@ -45,6 +45,10 @@ export interface ServerLimits {
   sessionsMax: number;
   /** Entries a server keeps in its log below the last one, for standbys that lag; older ones are compacted. */
   logRetentionEntries: number;
+  /** Newest log entries kept in memory as objects; older retained ones are kept encoded (see LogView). */
+  logHotEntries: number;
+  /** Log entries per encoded chunk of the in-memory log. */
+  logChunkEntries: number;
   /** Keys (or sessions) per snapshot chunk, where the store does not choose its own chunk size. */
   snapshotChunkItemsMax: number;
   /** Most bytes of keys and values in one snapshot chunk (about: at least one key goes in each). */
@@ -78,6 +82,8 @@ export const defaultServerLimits: ServerLimits = {
   pendingRequestsMax: 65536,
   sessionsMax: 100_000,
   logRetentionEntries: 100_000,
+  logHotEntries: defaultLogViewOptions.hotEntries,
+  logChunkEntries: defaultLogViewOptions.chunkEntries,
   snapshotChunkItemsMax: 4096,
   snapshotChunkBytesMax: 1024 * 1024,
   snapshotChunksInflightMax: 4,
@@ -270,7 +276,9 @@ export class ServerCore {
     this.bugs = config.bugs ?? noBugs;
     this.checksum = config.checksum ?? crc32;
     this.bootId = recovered.bootId;
-    this.log = new LogView(recovered.entries, recovered.firstSeq ?? seq(1), recovered.baseEpoch ?? epoch(0));
+    this.log = new LogView(recovered.entries, recovered.firstSeq ?? seq(1), recovered.baseEpoch ?? epoch(0), {
+      hotEntries: config.limits.logHotEntries, chunkEntries: config.limits.logChunkEntries,
+    });
     this.kv = new KvState(recovered.store, { sessionsMax: config.limits.sessionsMax });
     this.promisedEpoch = recovered.meta.promisedEpoch;
     this.metaDurableEpoch = recovered.meta.promisedEpoch;
@@ -1008,18 +1016,20 @@ export class ServerCore {
       const prevEpoch = this.log.epochAt(prevSeq);
       assert(prevEpoch !== undefined, 'an append follows an entry the log holds');
       const room = window - inflight();
-      let last = Math.min(this.log.lastSeq, peer.nextSeq + Math.min(limits.batchEntriesMax, room) - 1);
+      const candidates = this.log.slice(peer.nextSeq, Math.min(this.log.lastSeq, peer.nextSeq + Math.min(limits.batchEntriesMax, room) - 1));
       // Bounded in bytes too: large entries (big values, big transactions) go fewer at a time.
       let bytes = 0;
-      for (let at = peer.nextSeq; at <= last; at++) {
-        bytes += approximateEntryBytes(this.log.entry(at) as LogEntry);
-        if (bytes > limits.batchBytesMax && at > peer.nextSeq) {
-          last = at - 1;
+      let count = candidates.length;
+      for (let i = 0; i < candidates.length; i++) {
+        bytes += approximateEntryBytes(candidates[i] as LogEntry);
+        if (bytes > limits.batchBytesMax && i > 0) {
+          count = i;
           break;
         }
       }
       budget -= bytes;
-      const entries = this.log.slice(peer.nextSeq, last);
+      const entries = count === candidates.length ? candidates : candidates.slice(0, count);
+      const last = peer.nextSeq + count - 1;
       this.send(peer.id, {
         type: 'append', epoch: this.promisedEpoch, generation: peer.generation, prevSeq, prevEpoch, entries,
         commitSeq: this.commitSeq, ackQuorum: this.ackQuorum,

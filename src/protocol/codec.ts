@@ -99,6 +99,11 @@ export class Writer {
     return this;
   }
 
+  /** Bytes written so far. */
+  get byteLength(): number {
+    return this.length;
+  }
+
   finish(): Uint8Array {
     return this.buffer.subarray(0, this.length);
   }

@@ -156,6 +156,9 @@ interface FaultProfile {
   /** Chance that a newly appointed main is crashed within tens of milliseconds (flapping). */
   killNewMainChance: number;
   logRetentionEntries: number;
+  /** The in-memory log's layout (LogView): hot entries, entries per frozen chunk. */
+  logHotEntries: number;
+  logChunkEntries: number;
   snapshotChunkItemsMax: number;
   snapshotChunksInflightMax: number;
   batchBytesMax: number;
@@ -276,6 +279,7 @@ class Simulation {
     const spareCount = random.int(0, 2);
     this.ackQuorum = random.int(0, serverCount - 1);
     const delayMaxMs = random.pick([2, 10, 40]);
+    const layoutRandom = new Random(options.seed ^ 0x6c6f67);
     const weights = {} as Record<NemesisKind, number>;
     for (const kind of nemesisKinds) weights[kind] = random.chance(0.7) ? random.int(1, 4) : 0;
     this.profile = {
@@ -294,6 +298,9 @@ class Simulation {
       inflightEntriesMax: 1,
       killNewMainChance: random.pick([0, 0, 0.3, 0.7]),
       logRetentionEntries: random.pick([2, 8, 32, 1000]),
+      // From a stream of its own, so that each seed keeps the scenario it had before this choice.
+      logHotEntries: layoutRandom.pick([0, 2, 16, 2048]),
+      logChunkEntries: layoutRandom.pick([1, 3, 8]),
       snapshotChunkItemsMax: random.pick([1, 2, 16]),
       snapshotChunksInflightMax: random.pick([1, 2, 4]),
       batchBytesMax: random.pick([1, 100, 1024 * 1024]),
@@ -453,7 +460,8 @@ class Simulation {
     node.core = new ServerCore(
       { id: node.id, timings: defaultServerTimings, limits: {
         ...defaultServerLimits, batchEntriesMax: this.profile.batchEntriesMax, inflightEntriesMax: this.profile.inflightEntriesMax,
-        logRetentionEntries: this.profile.logRetentionEntries, snapshotChunkItemsMax: this.profile.snapshotChunkItemsMax,
+        logRetentionEntries: this.profile.logRetentionEntries, logHotEntries: this.profile.logHotEntries, logChunkEntries: this.profile.logChunkEntries,
+        snapshotChunkItemsMax: this.profile.snapshotChunkItemsMax,
         snapshotChunksInflightMax: this.profile.snapshotChunksInflightMax, batchBytesMax: this.profile.batchBytesMax,
       }, bugs: this.bugs },
       { meta: recovery.meta, entries: recovery.entries, firstSeq: recovery.firstSeq, baseEpoch: recovery.baseEpoch, corruptionFound: recovery.corruptionFound, bootId: this.random.uint32() + 1, store: node.disk.store },
