@@ -44,7 +44,12 @@ const usage = `Usage: npm run bench -- [options]
   --json FILE               also write every result as JSON
   --help`;
 
-const { values } = parseArgs({ options: {
+// `--server-flags "--flag value"`: parseArgs takes a separate value that starts with a dash for an
+// option of its own, so the pair is joined as `--server-flags=…`.
+const args = process.argv.slice(2);
+for (let i = 0; i < args.length - 1; i++) if (args[i] === '--server-flags') args.splice(i, 2, `--server-flags=${args[i + 1] as string}`);
+
+const parseOptions = { args, options: {
   compare: { type: 'boolean', default: false },
   systems: { type: 'string' },
   runs: { type: 'string', default: '64x100,1x100,64x0' },
@@ -68,7 +73,14 @@ const { values } = parseArgs({ options: {
   'no-floor': { type: 'boolean', default: false },
   json: { type: 'string' },
   help: { type: 'boolean', default: false },
-} });
+} } as const;
+let parsed: ReturnType<typeof parseArgs<typeof parseOptions>>;
+try {
+  parsed = parseArgs(parseOptions);
+} catch (error) {
+  fail((error as Error).message);
+}
+const { values } = parsed;
 if (values.help) {
   console.log(usage);
   process.exit(0);
