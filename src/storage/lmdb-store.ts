@@ -104,6 +104,8 @@ interface InflightBatch {
 interface PendingKey {
   /** The last batch that wrote this key. */
   batchId: number;
+  /** The key as LMDB will hold it (UTF-8), made when the batch is committed, not in the transaction. */
+  keyBytes: Buffer;
   /** The key's new StoredValue as LMDB will hold it (encodeStored); null: deleted. */
   encoded: Buffer | null;
 }
@@ -205,7 +207,7 @@ export class LmdbKvStore implements KvStore {
   /** Batches waiting (commitDelayMs at most) to be handed to lmdb-js together, and their ids. */
   private queued: (() => void)[] = [];
   /** Newest write of each key by the batches queued since the last special write (see takeCoalesced). */
-  private queuedKeys = new Map<string, Buffer | null>();
+  private queuedKeys = new Map<string, PendingKey>();
   /** The same for session records (null: removed). */
   private queuedSessions = new Map<string, SessionRecord | null>();
   /** The applied record of the last of those batches. */
@@ -338,10 +340,11 @@ export class LmdbKvStore implements KvStore {
     // Check and encode the whole batch before changing anything, so a refused batch leaves no trace.
     // The encoded values are fresh buffers: the caller may reuse its own afterwards.
     const keys: string[] = [];
+    const keyBytes: Buffer[] = [];
     const encodedValues: (Buffer | null)[] = [];
     for (const [key, stored] of batch.keys) {
-      checkKey(key);
       keys.push(key);
+      keyBytes.push(encodeKey(key));
       encodedValues.push(stored === null ? null : encodeStored(stored));
     }
     const sessionWrites: { clientId: string; record: SessionRecord | null }[] = [];
@@ -354,11 +357,13 @@ export class LmdbKvStore implements KvStore {
     const id = ++this.lastBatchId;
     for (let i = 0; i < keys.length; i++) {
       // One small object per key waiting for LMDB (reads decode a copy of the value): the overlay
-      // holds a second of writes, and every object in it lives long enough to cost the GC.
+      // holds a second of writes, and every object in it lives long enough to cost the GC. The
+      // key's bytes are made here, batch by batch: made in the transaction, for every key of a
+      // second at once, they stalled the event loop for 15–20 ms a second.
       const key = keys[i] as string;
-      const encoded = encodedValues[i] as Buffer | null;
-      this.pendingKeys.set(key, { batchId: id, encoded });
-      this.queuedKeys.set(key, encoded);
+      const pending: PendingKey = { batchId: id, keyBytes: keyBytes[i] as Buffer, encoded: encodedValues[i] as Buffer | null };
+      this.pendingKeys.set(key, pending);
+      this.queuedKeys.set(key, pending);
     }
     for (const write of sessionWrites) {
       this.pendingSessions.set(write.clientId, { batchId: id, record: write.record });
@@ -388,9 +393,9 @@ export class LmdbKvStore implements KvStore {
     this.queuedApplied = null;
     this.queued.push(() => {
       // commit checked every key and clientId already.
-      for (const [key, encoded] of keys) {
-        if (encoded === null) void this.keys.remove(Buffer.from(key, 'utf8'));
-        else void this.keys.put(Buffer.from(key, 'utf8'), encoded);
+      for (const { keyBytes, encoded } of keys.values()) {
+        if (encoded === null) void this.keys.remove(keyBytes);
+        else void this.keys.put(keyBytes, encoded);
       }
       for (const [clientId, record] of sessions) {
         if (record === null) void this.sessions.remove(Buffer.from(clientId, 'utf8'));
@@ -855,8 +860,11 @@ function checkKey(key: string): void {
 
 /** The bytes of a key or clientId to write; the protocol must have refused any other. */
 function encodeKey(key: string): Buffer {
-  checkKey(key);
-  return Buffer.from(key, 'utf8');
+  assert(key.isWellFormed(), 'Keys and clientIds must be well-formed Unicode (no lone surrogates)');
+  const bytes = Buffer.from(key, 'utf8');
+  assert(bytes.length > 0, 'Keys and clientIds must not be empty');
+  assert(bytes.length <= lmdbKeyBytesMax, `Keys and clientIds must have at most ${lmdbKeyBytesMax} UTF-8 bytes`);
+  return bytes;
 }
 
 /** The bytes of a key or prefix to read; undefined for the empty string. */
