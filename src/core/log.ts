@@ -198,7 +198,11 @@ export class LogView {
     const { hotEntries, chunkEntries } = this.options;
     let frozenUpTo = 0;
     while (this.hot.length - frozenUpTo >= hotEntries + chunkEntries) {
-      const writer = new Writer(chunkEntries * 160);
+      // Sized ahead, so that large values are not copied over and over as the buffer doubles:
+      // approximateEntryBytes is a little above the encoding for keys and values in ASCII.
+      let estimate = 0;
+      for (let i = 0; i < chunkEntries; i++) estimate += approximateEntryBytes(this.hot[frozenUpTo + i] as LogEntry);
+      const writer = new Writer(estimate);
       const ends = new Uint32Array(chunkEntries);
       const epochs = new Uint32Array(chunkEntries);
       for (let i = 0; i < chunkEntries; i++) {
@@ -207,8 +211,11 @@ export class LogView {
         ends[i] = writer.byteLength;
         epochs[i] = entry.epoch;
       }
-      // An exact copy: the writer's buffer grew by doubling.
-      this.frozen.push({ firstSeq: this.hotFirstSeq + frozenUpTo, bytes: writer.finish().slice(), ends, epochs });
+      // Kept as written unless much of its buffer is unused (multibyte text made it grow, or it is a
+      // small chunk cut from a shared slab): then an exact copy.
+      const encoded = writer.finish();
+      const bytes = encoded.buffer.byteLength - encoded.length > encoded.length / 8 ? encoded.slice() : encoded;
+      this.frozen.push({ firstSeq: this.hotFirstSeq + frozenUpTo, bytes, ends, epochs });
       frozenUpTo += chunkEntries;
     }
     if (frozenUpTo === 0) return;
