@@ -19,9 +19,14 @@ export interface LogViewOptions {
   hotEntries: number;
   /** Entries per frozen chunk. */
   chunkEntries: number;
+  /**
+   * Most bytes of one chunk (by approximateEntryBytes): entries that would make a larger one stay
+   * objects until they are compacted (a chunk is one buffer; large values would make it huge).
+   */
+  chunkBytesMax: number;
 }
 
-export const defaultLogViewOptions: LogViewOptions = { hotEntries: 2048, chunkEntries: 1024 };
+export const defaultLogViewOptions: LogViewOptions = { hotEntries: 2048, chunkEntries: 1024, chunkBytesMax: 64 * 1024 * 1024 };
 
 /** chunkEntries consecutive entries from firstSeq, encoded back to back. */
 interface FrozenChunk {
@@ -51,6 +56,7 @@ export class LogView {
     assert(firstSeq >= 1, 'firstSeq starts at 1');
     assert(Number.isSafeInteger(options.hotEntries) && options.hotEntries >= 0, 'hotEntries is a count');
     assert(Number.isSafeInteger(options.chunkEntries) && options.chunkEntries >= 1, 'chunkEntries is at least 1');
+    assert(options.chunkBytesMax >= 0, 'chunkBytesMax is a size');
     this.options = options;
     this.hot = entries;
     this.hotFirstSeq = firstSeq;
@@ -202,6 +208,7 @@ export class LogView {
       // approximateEntryBytes is a little above the encoding for keys and values in ASCII.
       let estimate = 0;
       for (let i = 0; i < chunkEntries; i++) estimate += approximateEntryBytes(this.hot[frozenUpTo + i] as LogEntry);
+      if (estimate > this.options.chunkBytesMax) break;
       const writer = new Writer(estimate);
       const ends = new Uint32Array(chunkEntries);
       const epochs = new Uint32Array(chunkEntries);

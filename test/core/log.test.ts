@@ -32,7 +32,12 @@ const step: fc.Arbitrary<Step> = fc.oneof(
   { weight: 1, arbitrary: fc.record({ kind: fc.constant('reset' as const), gap: fc.integer({ min: 0, max: 5 }) }) },
 );
 
-const layout: fc.Arbitrary<LogViewOptions> = fc.record({ hotEntries: fc.integer({ min: 0, max: 6 }), chunkEntries: fc.integer({ min: 1, max: 5 }) });
+const layout: fc.Arbitrary<LogViewOptions> = fc.record({
+  hotEntries: fc.integer({ min: 0, max: 6 }),
+  chunkEntries: fc.integer({ min: 1, max: 5 }),
+  // Small bounds leave some chunks unfrozen (their entries stay objects).
+  chunkBytesMax: fc.oneof(fc.integer({ min: 0, max: 400 }), fc.constant(64 * 1024 * 1024)),
+});
 
 /** The plain model: an array of entries from firstSeq, and the epoch below it. */
 interface Model {
@@ -130,12 +135,12 @@ describe('LogView', () => {
 
   it('starts from recovered entries, freezing all but the newest', () => {
     const entries: LogEntry[] = Array.from({ length: 50 }, (_, i) => ({ epoch: epoch(1 + Math.floor(i / 20)), seq: seq(101 + i), write: { type: 'delete', key: `k${i}` } }));
-    const view = new LogView(entries.slice(), seq(101), epoch(1), { hotEntries: 4, chunkEntries: 8 });
+    const view = new LogView(entries.slice(), seq(101), epoch(1), { hotEntries: 4, chunkEntries: 8, chunkBytesMax: 1 << 20 });
     checkSame(view, { entries, firstSeq: 101, baseEpoch: epoch(1) });
   });
 
   it('thaws a truncated chunk without the compacted entries it shares', () => {
-    const view = new LogView([], seq(1), epoch(0), { hotEntries: 1, chunkEntries: 4 });
+    const view = new LogView([], seq(1), epoch(0), { hotEntries: 1, chunkEntries: 4, chunkBytesMax: 1 << 20 });
     const entries: LogEntry[] = Array.from({ length: 12 }, (_, i) => ({ epoch: epoch(1), seq: seq(i + 1), write: { type: 'delete', key: `k${i + 1}` } }));
     for (const entry of entries) view.append(entry);
     view.compact(2);
@@ -146,10 +151,26 @@ describe('LogView', () => {
     assert.equal(view.length, 2);
   });
 
+  it('leaves entries too large for a chunk as objects, and freezes again after them', () => {
+    const view = new LogView([], seq(1), epoch(0), { hotEntries: 0, chunkEntries: 2, chunkBytesMax: 1000 });
+    const large: LogEntry = { epoch: epoch(1), seq: seq(1), write: { type: 'put', key: 'big', value: new Uint8Array(2000) } };
+    view.append(large);
+    view.append({ epoch: epoch(1), seq: seq(2), write: { type: 'delete', key: 'a' } });
+    const small: LogEntry = { epoch: epoch(1), seq: seq(3), write: { type: 'delete', key: 'b' } };
+    view.append(small);
+    assert.equal(view.entry(1), large, 'the large entry is still the appended object');
+    view.compact(2);
+    view.append({ epoch: epoch(1), seq: seq(4), write: { type: 'delete', key: 'c' } });
+    const third = view.entry(3);
+    assert.notEqual(third, small, 'frozen once the large entry was compacted');
+    assert.deepEqual(third, small);
+    assert.equal(view.heldEntries, 2);
+  });
+
   it('holds retained entries in a few buffers, not an object graph per entry', () => {
     // Frozen entries are decoded on demand: each read builds new objects equal to what was appended.
     const appended: LogEntry = { epoch: epoch(1), seq: seq(1), write: { type: 'put', key: 'a', value: new Uint8Array([1, 2, 3]) }, session: { clientId: 'c', requestId: 1 } };
-    const view = new LogView([], seq(1), epoch(0), { hotEntries: 1, chunkEntries: 2 });
+    const view = new LogView([], seq(1), epoch(0), { hotEntries: 1, chunkEntries: 2, chunkBytesMax: 1 << 20 });
     view.append(appended);
     assert.equal(view.entry(1), appended, 'a hot entry is the appended object');
     view.append({ epoch: epoch(1), seq: seq(2), write: { type: 'delete', key: 'b' } });
@@ -160,7 +181,7 @@ describe('LogView', () => {
   });
 
   it('still refuses an append that does not continue the log, hot or frozen', () => {
-    const view = new LogView([], seq(1), epoch(0), { hotEntries: 0, chunkEntries: 1 });
+    const view = new LogView([], seq(1), epoch(0), { hotEntries: 0, chunkEntries: 1, chunkBytesMax: 1 << 20 });
     view.append({ epoch: epoch(2), seq: seq(1), write: { type: 'epochStart' } });
     assert.throws(() => view.append({ epoch: epoch(2), seq: seq(3), write: { type: 'epochStart' } }), AssertionError);
     assert.throws(() => view.append({ epoch: epoch(1), seq: seq(2), write: { type: 'epochStart' } }), AssertionError);
