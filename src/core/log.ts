@@ -87,6 +87,13 @@ export class LogView {
     return this.frozen.length * this.options.chunkEntries + this.hot.length;
   }
 
+  /** What the view holds in memory: entries as objects, entries frozen, and the frozen chunks' bytes. */
+  get memory(): { objectEntries: number; frozenEntries: number; frozenBytes: number } {
+    let frozenBytes = 0;
+    for (const chunk of this.frozen) frozenBytes += chunk.bytes.byteLength + chunk.ends.byteLength + chunk.epochs.byteLength;
+    return { objectEntries: this.hot.length, frozenEntries: this.frozen.length * this.options.chunkEntries, frozenBytes };
+  }
+
   /** The entry's epoch, baseEpoch at firstSeq − 1, undefined outside the view. */
   epochAt(at: number): Epoch | undefined {
     if (at === this.firstSeq - 1) return this.baseEpoch;

@@ -434,6 +434,11 @@ export class ServerCore {
     return this.log.lastSeq;
   }
 
+  /** What the in-memory log holds (LogView.memory): for metrics. */
+  get logMemory(): { objectEntries: number; frozenEntries: number; frozenBytes: number } {
+    return this.log.memory;
+  }
+
   entryAt(at: number): LogEntry | undefined {
     return this.log.entry(at);
   }

@@ -15,7 +15,7 @@ import { MemoryKvStore } from '../core/kv.ts';
 import type { FailoverCause, ManagerEffect, ManagerEvent } from '../core/manager.ts';
 import { defaultManagerTimings, failoverCauses, initialManagerState, ManagerCore } from '../core/manager.ts';
 import type { ServerEffect } from '../core/server.ts';
-import { defaultServerLimits, defaultServerTimings, ServerCore } from '../core/server.ts';
+import { defaultServerLimits, defaultServerTimings, ServerCore, type ServerLimits } from '../core/server.ts';
 import type { ClusterMap, Member, StatusMessage } from '../protocol/messages.ts';
 import type { ClientRequest, ClientResponse, LogEntry } from '../protocol/types.ts';
 import { epoch, seq, serverId } from '../protocol/types.ts';
@@ -55,8 +55,8 @@ function histogram(all: Map<string, Family>, name: string): { count: number; sum
 const member = (id: string, role: Member['role'] = 'standby'): Member =>
   ({ id: serverId(id), role, priority: 0, address: `http://${id}`, peerAddress: `${id}:1` });
 
-function newServerCore(): ServerCore {
-  return new ServerCore({ id: serverId('s1'), timings: defaultServerTimings, limits: defaultServerLimits }, {
+function newServerCore(limits: Partial<ServerLimits> = {}): ServerCore {
+  return new ServerCore({ id: serverId('s1'), timings: defaultServerTimings, limits: { ...defaultServerLimits, ...limits } }, {
     meta: { promisedEpoch: epoch(0), incomplete: false }, entries: [], corruptionFound: false, bootId: 1, store: new MemoryKvStore(),
   });
 }
@@ -178,6 +178,21 @@ describe('ServerMetrics', () => {
     const groups = histogram(all, 'mainstay_log_group_commit_entries');
     assert.equal(groups.sum, 4, 'the epoch start and three writes were made durable');
     assert.ok(groups.count >= 1 && groups.count <= 2);
+  });
+
+  it('shows how the in-memory log holds its entries: objects, frozen, and the frozen bytes', async () => {
+    const core = newServerCore({ logHotEntries: 1, logChunkEntries: 2 });
+    const metrics = new ServerMetrics(core, { processMetrics: false });
+    settle(core, metrics, core.onManagerMessage(0, { type: 'fence', epoch: epoch(1) }));
+    settle(core, metrics, core.onManagerMessage(0, { type: 'map', map: map(1, 's1') }));
+    const requests = [0, 1, 2, 3].map((i) => ({ requestId: i + 1, request: { type: 'write', write: { type: 'put', key: `k${i}`, value: new Uint8Array(10) } } as ClientRequest }));
+    settle(core, metrics, core.onRequests(0, requests));
+    assert.equal(core.lastSeq, 5, 'the epoch start and four writes');
+    const all = await families(metrics);
+    // Five entries, one hot at least, the rest frozen two to a chunk: 4 frozen and 1 object.
+    assert.equal(read(all, 'mainstay_log_memory_entries', { form: 'frozen' }), 4);
+    assert.equal(read(all, 'mainstay_log_memory_entries', { form: 'objects' }), 1);
+    assert.ok((read(all, 'mainstay_log_memory_frozen_bytes') ?? 0) > 4 * 10, 'the frozen chunks hold the values');
   });
 
   it('reports a standby\'s lag behind the main from heartbeats and appends, in the promised epoch only', async () => {

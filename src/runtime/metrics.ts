@@ -297,6 +297,11 @@ export class ServerMetrics {
     gauge('mainstay_apply_lag_entries', 'Committed entries not yet applied (commitSeq - appliedSeq)', () => Math.max(0, core.committed - core.applied));
     gauge('mainstay_incomplete', '1 if the log is incomplete (awaiting repair)', () => (core.isIncomplete ? 1 : 0));
     gauge('mainstay_installing_snapshot', '1 while a snapshot is being installed', () => (core.isInstallingSnapshot ? 1 : 0));
+    gaugeFrom(registry, 'mainstay_log_memory_entries', 'Log entries held in memory for replication, as objects (the newest) or frozen in encoded chunks', ['form'], () => {
+      const memory = core.logMemory;
+      return [[{ form: 'objects' }, memory.objectEntries], [{ form: 'frozen' }, memory.frozenEntries]];
+    });
+    gauge('mainstay_log_memory_frozen_bytes', 'Bytes of the in-memory log\'s frozen chunks', () => core.logMemory.frozenBytes);
     gauge('mainstay_map_version', 'Version of the cluster map this server holds (0: none yet)', () => core.currentMap?.version ?? 0);
     gaugeFrom(registry, 'mainstay_server_info', 'Always 1; names this server', ['server'], () => [[{ server: core.id }, 1]]);
     gaugeFrom(registry, 'mainstay_role', '1 for the role this server has now: main, standby or learner (a standby may also be out of the map)', ['role'], () => {
