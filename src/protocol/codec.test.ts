@@ -55,6 +55,18 @@ describe('codec', () => {
     }), { numRuns: 1000 });
   });
 
+  it('grows a writer from any starting capacity, 0 included', () => {
+    for (const capacity of [0, 1, 3, 64]) {
+      const writer = new Writer(capacity);
+      writer.u32(7).string('a string longer than the capacity').bytes(new Uint8Array(100));
+      const reader = new Reader(writer.finish());
+      assert.equal(reader.u32(), 7);
+      assert.equal(reader.string(), 'a string longer than the capacity');
+      assert.equal(reader.bytes().length, 100);
+      reader.end();
+    }
+  });
+
   it('rejects unknown tags', () => {
     assert.throws(() => decodeMessage(new Uint8Array([99])), /Unknown message tag 99/);
   });

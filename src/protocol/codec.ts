@@ -32,7 +32,8 @@ export class Writer {
 
   private reserve(bytes: number): void {
     if (this.length + bytes <= this.buffer.length) return;
-    let capacity = this.buffer.length * 2;
+    // At least 64: a writer made with capacity 0 would otherwise double 0 forever.
+    let capacity = Math.max(64, this.buffer.length * 2);
     while (capacity < this.length + bytes) capacity *= 2;
     const grown = allocBytes(capacity);
     grown.set(this.buffer.subarray(0, this.length));
