@@ -206,7 +206,10 @@ export class LogView {
     return { chunk, index: offset % this.options.chunkEntries };
   }
 
-  /** Move the oldest hot entries into frozen chunks until at most hotEntries + chunkEntries − 1 are hot. */
+  /**
+   * Move the oldest hot entries into frozen chunks until at most hotEntries + chunkEntries − 1 are
+   * hot, or until the next chunk would be larger than chunkBytesMax (retried at the next append).
+   */
   private freeze(): void {
     const { hotEntries, chunkEntries } = this.options;
     let frozenUpTo = 0;
