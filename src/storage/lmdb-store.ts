@@ -852,19 +852,20 @@ export async function writeRestoredStore(path: string, source: AsyncIterable<Sna
  * surrogate has no UTF-8 form (it would be stored as U+FFFD and collide with other keys).
  */
 function checkKey(key: string): void {
-  assert(key.isWellFormed(), 'Keys and clientIds must be well-formed Unicode (no lone surrogates)');
-  const length = Buffer.byteLength(key, 'utf8');
-  assert(length > 0, 'Keys and clientIds must not be empty');
-  assert(length <= lmdbKeyBytesMax, `Keys and clientIds must have at most ${lmdbKeyBytesMax} UTF-8 bytes`);
+  checkKeyBytes(key, Buffer.byteLength(key, 'utf8'));
 }
 
 /** The bytes of a key or clientId to write; the protocol must have refused any other. */
 function encodeKey(key: string): Buffer {
-  assert(key.isWellFormed(), 'Keys and clientIds must be well-formed Unicode (no lone surrogates)');
   const bytes = Buffer.from(key, 'utf8');
-  assert(bytes.length > 0, 'Keys and clientIds must not be empty');
-  assert(bytes.length <= lmdbKeyBytesMax, `Keys and clientIds must have at most ${lmdbKeyBytesMax} UTF-8 bytes`);
+  checkKeyBytes(key, bytes.length);
   return bytes;
+}
+
+function checkKeyBytes(key: string, utf8Bytes: number): void {
+  assert(key.isWellFormed(), 'Keys and clientIds must be well-formed Unicode (no lone surrogates)');
+  assert(utf8Bytes > 0, 'Keys and clientIds must not be empty');
+  assert(utf8Bytes <= lmdbKeyBytesMax, `Keys and clientIds must have at most ${lmdbKeyBytesMax} UTF-8 bytes`);
 }
 
 /** The bytes of a key or prefix to read; undefined for the empty string. */
