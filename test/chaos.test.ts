@@ -4,7 +4,7 @@
 // yield an acknowledged write that is then lost; and a build with a planted bug is caught.
 
 import assert from 'node:assert/strict';
-import { mkdtemp, rm } from 'node:fs/promises';
+import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
@@ -79,7 +79,9 @@ describe('chaos (real processes)', { timeout: 600_000 }, () => {
       cluster.healNetwork();
       await sleep(500);
       const afterwards = await clusterView(cluster);
-      assert.equal(during.epoch, before.epoch, 'the manager failed the main over while the standbys still heard it');
+      // The manager's reasons, so that a failure says which rule fired (its log is in the data folder).
+      const failovers = (await readFile(join(dataDir, 'manager.log'), 'utf8')).split('\n').filter((line) => line.includes('Failover to epoch')).join('\n');
+      assert.equal(during.epoch, before.epoch, `the manager failed the main over while the standbys still heard it:\n${failovers}`);
       assert.equal(afterwards.epoch, before.epoch);
       assert.equal(afterwards.main, before.main);
       assert.ok(acknowledged > 10, `writes stalled during the partition: ${acknowledged}`);
