@@ -56,10 +56,10 @@ import type { Database, RootDatabase, Transaction } from 'lmdb';
 import { assert } from '../lib/assert.ts';
 import { copyBytes } from '../lib/bytes.ts';
 import type { KvBatch, KvSnapshotReader, KvStore, SessionRecord, SnapshotChunk, StoredValue } from '../core/kv.ts';
+import { snapshotItemBytes } from '../core/kv.ts';
 import type { Epoch, KeyValue, Seq } from '../protocol/types.ts';
 import { epoch, seq } from '../protocol/types.ts';
 import type { KvSnapshot, SnapshotPosition } from './snapshot.ts';
-import { keyChunkBytes } from './snapshot.ts';
 
 /** Name of the on-disk layout; a store written in another layout is refused, not misread. */
 const formatName = 'mainstay-kv-lmdb-1';
@@ -808,7 +808,7 @@ class LmdbSnapshot implements KvSnapshot {
       assert(value.length >= versionBytes, 'A stored value is shorter than its version');
       return { key: key.toString('utf8'), value: new Uint8Array(value.buffer, value.byteOffset + versionBytes, value.length - versionBytes), version: readUint53(value, 0) };
     },
-      (key, value) => keyChunkBytes(key.length, value.length - versionBytes));
+      (key, value) => snapshotItemBytes(key.length, value.length - versionBytes));
   }
 
   private readSessions(after: Buffer | undefined, maxItems: number, maxBytes: number): { items: SessionRecord[]; after: Buffer | undefined; more: boolean } {

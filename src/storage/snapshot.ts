@@ -38,5 +38,3 @@ export interface KvSnapshot extends KvSnapshotReader, SnapshotPosition {
 /** Default size of a chunk: big enough to amortize per-chunk costs, small enough to stream. */
 export const snapshotChunkBytesDefault = 1024 * 1024;
 
-/** Approximate bytes a key takes in a chunk, the measure `maxBytes` applies to (the core's, so both agree). */
-export { snapshotItemBytes as keyChunkBytes } from '../core/kv.ts';
