@@ -589,7 +589,7 @@ function parseOperation(json: Json, where: string, limits: HttpApiLimits, budget
   let value: Uint8Array;
   if (text !== undefined) {
     if (typeof text !== 'string') reject(`Cannot parse the transaction: ${at}.value must be a string; use valueBase64 for bytes`);
-    if (hasLoneSurrogate(text)) reject(`Cannot parse the transaction: ${at}.value has a lone surrogate, which is not UTF-8; use valueBase64 for bytes`);
+    if (!text.isWellFormed()) reject(`Cannot parse the transaction: ${at}.value has a lone surrogate, which is not UTF-8; use valueBase64 for bytes`);
     value = utf8Encoder.encode(text);
   } else {
     if (typeof base64 !== 'string') reject(`Cannot parse the transaction: ${at}.valueBase64 must be a string`);
@@ -608,7 +608,7 @@ function txnKey(object: JsonObject, where: string, limits: HttpApiLimits, budget
   const key = required(object, 'key', where);
   if (typeof key !== 'string') reject(`Cannot parse the transaction: ${where}.key must be a string`);
   if (key === '') reject(`Cannot parse the transaction: ${where}.key is empty; give a non-empty key`);
-  if (hasLoneSurrogate(key)) reject(`Cannot parse the transaction: ${where}.key has a lone surrogate, which is not UTF-8`);
+  if (!key.isWellFormed()) reject(`Cannot parse the transaction: ${where}.key has a lone surrogate, which is not UTF-8`);
   const bytes = utf8Length(key);
   if (bytes > limits.keyBytesMax) {
     rejectTooLarge(413, `Cannot accept the transaction: ${where}.key is ${bytes} bytes, more than the limit of ${limits.keyBytesMax}`);
@@ -941,12 +941,6 @@ export function decodeUtf8(bytes: Uint8Array): string | undefined {
   } catch {
     return undefined;
   }
-}
-
-
-function hasLoneSurrogate(text: string): boolean {
-  // In a /u regular expression a surrogate pair is one code point, so only lone halves match.
-  return /[\uD800-\uDFFF]/u.test(text);
 }
 
 const base64Alphabet = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/';
