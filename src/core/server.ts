@@ -277,7 +277,7 @@ export class ServerCore {
     this.checksum = config.checksum ?? crc32;
     this.bootId = recovered.bootId;
     this.log = new LogView(recovered.entries, recovered.firstSeq ?? seq(1), recovered.baseEpoch ?? epoch(0), {
-      hotEntries: config.limits.logHotEntries, chunkEntries: config.limits.logChunkEntries, chunkBytesMax: defaultLogViewOptions.chunkBytesMax,
+      ...defaultLogViewOptions, hotEntries: config.limits.logHotEntries, chunkEntries: config.limits.logChunkEntries,
     });
     this.kv = new KvState(recovered.store, { sessionsMax: config.limits.sessionsMax });
     this.promisedEpoch = recovered.meta.promisedEpoch;
